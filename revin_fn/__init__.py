@@ -1,0 +1,30 @@
+"""Reversible instance normalization (RevIN) as one functional call.
+
+``y, reverse_fn = revin(x, gamma, beta)`` normalizes every instance of ``x`` by its own
+statistics and returns a closure that maps model outputs back to data units.
+"""
+
+__version__ = "0.1.0"
+
+
+class RevINError(ValueError):
+    """A call to revin_fn received an input it cannot handle; the message names the call."""
+
+
+class RevINTypeError(RevINError, TypeError):
+    """An input of the wrong dtype (for example an integer tensor)."""
+
+
+from .functional import ReverseFn, Statistics, reverse, revin  # noqa: E402
+from .module import RevIN  # noqa: E402
+
+__all__ = [
+    "RevIN",
+    "RevINError",
+    "RevINTypeError",
+    "ReverseFn",
+    "Statistics",
+    "__version__",
+    "reverse",
+    "revin",
+]

@@ -1,0 +1,256 @@
+"""The one implementation of the RevIN math: statistics, normalization and its inverse.
+
+Everything public (``revin``, ``reverse``, ``RevIN``, the adapters) is a thin shell over
+:func:`normalize` and :class:`Frame`. Inner functions raise short facts as ``ValueError``;
+the public functions add the name of the call.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ._patterns import Layout
+
+DEFAULT_EPS = 1e-5
+EPS_MODES = ("clamp", "add")
+METHODS = ("std", "robust", "minmax", "meanabs")
+CAUSAL_METHODS = ("std", "minmax", "meanabs")
+IQR_PER_STD = 1.349  # interquartile range of the standard normal distribution
+EMPTY_VARIANCE = 1.0  # variance given to an instance with no observed step (unit scale)
+
+
+class Options(NamedTuple):
+    """Every option that changes the math; hashable, so it can key caches."""
+
+    eps: float = DEFAULT_EPS
+    eps_mode: str = "clamp"
+    detach: bool = False
+    subtract_last: bool = False
+    method: str = "std"
+    causal: bool = False
+
+
+def check_options(options: Options) -> None:
+    if options.eps_mode not in EPS_MODES:
+        raise ValueError(f"eps_mode must be one of {EPS_MODES}, got {options.eps_mode!r}")
+    if options.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {options.method!r}")
+    if not options.eps > 0:
+        raise ValueError(f"eps must be a positive number, got {options.eps!r}")
+    if options.causal and options.method not in CAUSAL_METHODS:
+        raise ValueError(
+            f"causal=True supports method in {CAUSAL_METHODS}, got method={options.method!r}"
+        )
+    if options.causal and options.subtract_last:
+        raise ValueError(
+            "causal=True with subtract_last=True would center every step on itself; choose one"
+        )
+
+
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics are float64 for float64 input and float32 for every other float."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def scale_from_variance(variance: Tensor, eps: float, eps_mode: str) -> Tensor:
+    """``sqrt(max(variance, eps))`` for ``"clamp"``, ``sqrt(variance + eps)`` for ``"add"``."""
+    if eps_mode == "clamp":
+        return variance.clamp(min=eps).sqrt()
+    return (variance + eps).sqrt()
+
+
+def guard_gamma(gamma: Tensor, eps: float) -> Tensor:
+    """``sign(gamma) * max(|gamma|, eps)`` where ``sign(0) = +1``, so it never divides by zero."""
+    magnitude = gamma.abs().clamp(min=eps)
+    return torch.where(gamma < 0, -magnitude, magnitude)
+
+
+class Frame(NamedTuple):
+    """Per-call state of one normalization: enough to invert it, nothing else.
+
+    ``loc`` and ``variance`` keep the time axis (size 1, or the full length when causal);
+    ``gain`` is ``scale / gamma`` and ``offset`` is ``loc - beta * gain``, so the inverse is
+    the single fused ``offset + y * gain``.
+    """
+
+    layout: Layout
+    loc: Tensor
+    variance: Tensor
+    gain: Tensor
+    offset: Tensor
+
+
+def make_frame(
+    layout: Layout,
+    loc: Tensor,
+    variance: Tensor,
+    scale: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+) -> Frame:
+    gain = scale if gamma is None else scale / gamma
+    offset = loc if beta is None else loc - beta * gain
+    return Frame(layout, loc, variance, gain, offset)
+
+
+def _count(observed: Tensor | None, x: Tensor, dim: int, causal: bool) -> Tensor | int:
+    if observed is None:
+        if causal:
+            steps = torch.arange(1, x.shape[dim] + 1, dtype=x.dtype, device=x.device)
+            return steps.view([-1 if d == dim else 1 for d in range(x.ndim)])
+        return x.shape[dim]
+    weight = observed.to(x.dtype)
+    return weight.cumsum(dim) if causal else weight.sum(dim, keepdim=True)
+
+
+def _total(x: Tensor, dim: int, causal: bool) -> Tensor:
+    return x.cumsum(dim) if causal else x.sum(dim, keepdim=True)
+
+
+def _first_observed(x: Tensor, observed: Tensor | None, dim: int) -> Tensor:
+    if observed is None:
+        return x.narrow(dim, 0, 1)
+    return x.gather(dim, observed.to(torch.uint8).argmax(dim, keepdim=True))
+
+
+def _last_observed(x: Tensor, observed: Tensor | None, dim: int) -> Tensor:
+    length = x.shape[dim]
+    if observed is None:
+        return x.narrow(dim, length - 1, 1)
+    steps = torch.arange(1, length + 1, device=x.device).view(
+        [-1 if d == dim else 1 for d in range(x.ndim)]
+    )
+    return x.gather(dim, (observed * steps).argmax(dim, keepdim=True))
+
+
+def _std_moments(
+    x: Tensor, observed: Tensor | None, dim: int, options: Options
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Location, variance and ``x - location`` for ``method="std"``.
+
+    Moments are taken after shifting each instance by a constant of its own (a first
+    estimate of its mean, or its first observed value when causal), which keeps the
+    result accurate when the offset is many times the standard deviation.
+    """
+    count = _count(observed, x, dim, options.causal)
+    safe_count = count.clamp(min=1) if isinstance(count, Tensor) else count
+    with torch.no_grad():
+        if options.causal:
+            shift = _first_observed(x, observed, dim)
+        else:
+            shift = x.sum(dim, keepdim=True) / safe_count
+    shifted = x - shift
+    if observed is not None:
+        shifted = shifted.masked_fill(~observed, 0)
+    if options.causal:  # running sums lose accuracy with length: accumulate in float64
+        wide = shifted.double()
+        mean = (wide.cumsum(dim) / safe_count).to(x.dtype)
+        second = (wide.square().cumsum(dim) / safe_count).to(x.dtype)
+        variance = (second - mean.square()).clamp(min=0)
+    else:
+        mean = shifted.sum(dim, keepdim=True) / safe_count
+        deviation = shifted - mean
+        if observed is not None:
+            deviation = deviation.masked_fill(~observed, 0)
+        variance = deviation.square().sum(dim, keepdim=True) / safe_count
+    if options.detach:
+        mean, variance = mean.detach(), variance.detach()
+    return shift + mean, variance, shifted - mean
+
+
+def _robust_moments(x: Tensor, observed: Tensor | None, dim: int) -> tuple[Tensor, Tensor]:
+    """Median and squared robust scale: IQR / 1.349, else mean absolute deviation, else 0."""
+    values = x if observed is None else x.masked_fill(~observed, float("nan"))
+    levels = torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device)
+    quartiles = values.nanquantile(levels, dim=dim, keepdim=True)
+    lower, median, upper = quartiles.unbind(0)
+    iqr_scale = (upper - lower) / IQR_PER_STD
+    deviation = (values - median).abs()
+    mad = deviation.nanmean(dim, keepdim=True)
+    scale = torch.where(iqr_scale > 0, iqr_scale, mad)
+    return median, scale.square()
+
+
+def _other_moments(
+    x: Tensor, observed: Tensor | None, dim: int, options: Options
+) -> tuple[Tensor, Tensor]:
+    """Location and squared scale for the methods that are not ``"std"``."""
+    if options.method == "robust":
+        return _robust_moments(x, observed, dim)
+    if options.method == "meanabs":
+        count = _count(observed, x, dim, options.causal)
+        safe_count = count.clamp(min=1) if isinstance(count, Tensor) else count
+        scale = _total(x.abs(), dim, options.causal) / safe_count
+        return torch.zeros_like(scale), scale.square()
+    # minmax
+    low_values = x if observed is None else x.masked_fill(~observed, float("inf"))
+    high_values = x if observed is None else x.masked_fill(~observed, float("-inf"))
+    if options.causal:
+        low = low_values.cummin(dim).values
+        high = high_values.cummax(dim).values
+    else:
+        low = low_values.amin(dim, keepdim=True)
+        high = high_values.amax(dim, keepdim=True)
+    if observed is not None:  # an instance (or prefix) with nothing observed has low = +inf
+        seen = high >= low
+        low = torch.where(seen, low, 0)
+        high = torch.where(seen, high, 0)
+    return low, (high - low).square()
+
+
+def moments(
+    x: Tensor, observed: Tensor | None, dim: int, options: Options
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(location, variance, x - location)`` with every option applied except the eps rule.
+
+    ``x`` is in the statistics dtype and holds 0 wherever ``observed`` is False. Instances
+    with no observed step get location 0 and variance ``EMPTY_VARIANCE``.
+    """
+    if options.method == "std" and not options.subtract_last:
+        loc, variance, centered = _std_moments(x, observed, dim, options)
+    else:
+        if options.method == "std":
+            loc, variance, _ = _std_moments(x, observed, dim, options)
+        else:
+            loc, variance = _other_moments(x, observed, dim, options)
+        if options.subtract_last:
+            loc = _last_observed(x, observed, dim)
+        if options.detach:
+            loc, variance = loc.detach(), variance.detach()
+        centered = x - loc
+    if observed is not None:
+        seen = (
+            observed.any(dim, keepdim=True) if not options.causal else observed.cummax(dim).values
+        )
+        loc = torch.where(seen, loc, 0)
+        variance = torch.where(seen, variance, EMPTY_VARIANCE)
+    return loc, variance, centered
+
+
+def normalize(
+    x: Tensor,
+    layout: Layout,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    observed: Tensor | None,
+    options: Options,
+) -> tuple[Tensor, Frame]:
+    """Normalize ``x`` per instance along ``layout.time``; see ``revin`` for the formula.
+
+    ``gamma`` (already guarded) and ``beta`` are in the statistics dtype and shaped to
+    broadcast along the variate axis. Returns the output in ``x.dtype`` and its Frame.
+    """
+    sdtype = stats_dtype(x.dtype)
+    values = x.to(sdtype)
+    if observed is not None:
+        values = values.masked_fill(~observed, 0)
+    loc, variance, centered = moments(values, observed, layout.time, options)
+    scale = scale_from_variance(variance, options.eps, options.eps_mode)
+    factor = scale.reciprocal() if gamma is None else gamma / scale
+    y = centered * factor if beta is None else torch.addcmul(beta, centered, factor)
+    if observed is not None:
+        y = torch.where(observed, y, x.to(sdtype))
+    return y.to(x.dtype), make_frame(layout, loc, variance, scale, gamma, beta)

@@ -1,0 +1,66 @@
+"""Parsing of layout patterns such as ``"b v t"`` or ``"... t v"``, cached per (pattern, ndim)."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+from einops import EinopsError
+from einops.parsing import ParsedExpression
+
+TIME = "t"
+VARIATE = "v"
+
+
+class Layout(NamedTuple):
+    """Where the time and variate axes of a tensor of rank ``ndim`` sit."""
+
+    pattern: str
+    ndim: int
+    names: tuple[str, ...]  # one name per axis, ellipsis axes named "...0", "...1", ...
+    time: int
+    variate: int | None
+
+    def variate_view(self, size: int) -> tuple[int, ...]:
+        """Shape that puts a (size,) vector on the variate axis, 1 elsewhere."""
+        shape = [1] * self.ndim
+        assert self.variate is not None
+        shape[self.variate] = size
+        return tuple(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def parse(pattern: str, ndim: int) -> Layout:
+    """Resolve ``pattern`` for a tensor of rank ``ndim``; raises ValueError with a short fact."""
+    if not isinstance(pattern, str):
+        raise ValueError(f'pattern must be a string such as "b v t", got {type(pattern).__name__}')
+    try:
+        parsed = ParsedExpression(pattern)
+    except EinopsError as error:
+        raise ValueError(f'pattern "{pattern}" is not a valid einops pattern ({error})') from None
+    names: list[str] = []
+    for group in parsed.composition:
+        if group == "…":
+            names.append("…")
+        elif len(group) != 1:
+            raise ValueError(
+                f'pattern "{pattern}" groups axes with parentheses; name each axis on its own'
+            )
+        else:
+            names.append(group[0])
+    if TIME not in names:
+        raise ValueError(f'pattern "{pattern}" has no time axis "t"')
+    if parsed.has_ellipsis:
+        explicit = len(names) - 1
+        if ndim < explicit:
+            raise ValueError(
+                f'pattern "{pattern}" needs a tensor of at least {explicit} dimensions, got {ndim}'
+            )
+        at = names.index("…")
+        names[at : at + 1] = [f"...{i}" for i in range(ndim - explicit)]
+    elif ndim != len(names):
+        raise ValueError(
+            f'pattern "{pattern}" needs a tensor of {len(names)} dimensions, got {ndim}'
+        )
+    variate = names.index(VARIATE) if VARIATE in names else None
+    return Layout(pattern, ndim, tuple(names), names.index(TIME), variate)
