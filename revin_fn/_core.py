@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import _kernels
 from ._patterns import Layout
 
 DEFAULT_EPS = 1e-5
@@ -241,8 +242,24 @@ def normalize(
     """Normalize ``x`` per instance along ``layout.time``; see ``revin`` for the formula.
 
     ``gamma`` (already guarded) and ``beta`` are in the statistics dtype and shaped to
-    broadcast along the variate axis. Returns the output in ``x.dtype`` and its Frame.
+    broadcast along the variate axis. Returns the output in ``x.dtype`` and its Frame:
+    from the fast path (``_kernels``) where it applies, else from :func:`normalize_careful`.
     """
+    fast = _kernels.try_normalize(x, layout, gamma, beta, observed, options)
+    if fast is not None:
+        return fast
+    return normalize_careful(x, layout, gamma, beta, observed, options)
+
+
+def normalize_careful(
+    x: Tensor,
+    layout: Layout,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    observed: Tensor | None,
+    options: Options,
+) -> tuple[Tensor, Frame]:
+    """:func:`normalize` by the reference math, for every option and input."""
     sdtype = stats_dtype(x.dtype)
     values = x.to(sdtype)
     if observed is not None:
