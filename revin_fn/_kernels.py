@@ -31,14 +31,26 @@ if TYPE_CHECKING:  # _core imports this module: use its names through the module
 # it near 3e-6, inside the 1e-5 the careful path guarantees (tests/test_fast_path.py).
 OFFSET_LIMIT = 16.0
 ROWS = Layout("n t", 2, ("n", "t"), 1, None)  # the (instances, time) view the kernel works on
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _group_norm(
+    rows: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int, floor: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``native_group_norm`` with one group per row: rows is contiguous, time last."""
+    length = rows.shape[-1]
+    batch = rows.numel() // (channels * length)
+    grid = rows.view(batch, channels, length)
+    y, mean, rstd = torch.native_group_norm(
+        grid, weight, bias, batch, channels, length, channels, floor
+    )
+    return y.view_as(rows), mean, rstd
 
 
 class _RowNorm(torch.autograd.Function):
     """``y = (rows - mean) * rstd * weight + bias`` per row, with differentiable mean and rstd.
 
     ``native_group_norm`` returns mean and rstd without gradients; this Function adds their
-    terms to its backward. Saves ``rows`` and the per-row statistics only.
+    terms to its backward (unless ``detach``). Saves ``rows`` and the per-row statistics.
     """
 
     @staticmethod
@@ -47,20 +59,17 @@ class _RowNorm(torch.autograd.Function):
         rows: Tensor,
         weight: Tensor | None,
         bias: Tensor | None,
+        channels: int,
         floor: float,
         detach: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        count, length = rows.shape
-        y, mean, rstd = torch.native_group_norm(
-            rows.unsqueeze(0), weight, bias, 1, count, length, count, floor
-        )
-        mean, rstd = mean.view(count), rstd.view(count)
+        y, mean, rstd = _group_norm(rows, weight, bias, channels, floor)
         ctx.save_for_backward(rows, mean, rstd, *(() if weight is None else (weight,)))
         ctx.set_materialize_grads(False)
-        ctx.detach = detach  # type: ignore[attr-defined]
+        ctx.channels, ctx.detach = channels, detach  # type: ignore[attr-defined]
         if detach:
             ctx.mark_non_differentiable(mean, rstd)
-        return y.view(count, length), mean, rstd
+        return y, mean, rstd
 
     @staticmethod
     @once_differentiable
@@ -69,38 +78,62 @@ class _RowNorm(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         rows, mean, rstd, *affine = ctx.saved_tensors
         weight = affine[0] if affine else None
-        count, length = rows.shape
+        channels, length = ctx.channels, rows.shape[-1]
+        batch = rows.numel() // (channels * length)
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_x = grad_weight = grad_bias = None
         if grad_y is not None:
             mask = [need_x and not ctx.detach, need_weight, need_bias]
+            grid = (batch, channels, length)
             grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
-                grad_y.unsqueeze(0), rows.unsqueeze(0), mean, rstd, weight,
-                1, count, length, count, mask,
+                grad_y.reshape(grid), rows.view(grid), mean, rstd, weight,
+                batch, channels, length, channels, mask,
             )  # fmt: skip
-            if need_x and ctx.detach:
+            if grad_x is not None:
+                grad_x = grad_x.view_as(rows)
+            if need_x and ctx.detach:  # statistics are constants: dy/dx = rstd * weight
                 factor = rstd if weight is None else rstd * weight
-                grad_x = grad_y * factor.unsqueeze(1)
-            elif grad_x is not None:
-                grad_x = grad_x.view(count, length)
+                grad_x = grad_y * factor.reshape(*grad_y.shape[:-1], 1)
         if need_x and not ctx.detach and (grad_mean is not None or grad_rstd is not None):
-            # mean = sum(x) / T and rstd = (var + floor)^(-1/2), var = sum((x - mean)^2) / T:
-            # d/dx = (grad_mean - grad_rstd * rstd^3 * (x - mean)) / T.
+            # mean = sum(x) / T and rstd = (var + floor)^(-1/2) with var = sum((x - mean)^2) / T:
+            # their terms are d/dx = (grad_mean - grad_rstd * rstd^3 * (x - mean)) / T.
             slope = torch.zeros_like(mean) if grad_rstd is None else grad_rstd * rstd.pow(3)
             shift = slope * mean if grad_mean is None else grad_mean + slope * mean
             if grad_x is None:
                 grad_x = torch.zeros_like(rows)
-            grad_x.addcmul_(rows, (slope / -length).unsqueeze(1)).add_(
-                (shift / length).unsqueeze(1)
-            )
+            per_row = grad_x.view(-1, length)
+            per_row.addcmul_(rows.view(-1, length), (slope / -length).reshape(-1, 1))
+            per_row.add_((shift / length).reshape(-1, 1))
         if grad_x is None and need_x:
             grad_x = torch.zeros_like(rows)
-        return grad_x, grad_weight, grad_bias, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None
 
 
-def _per_row(value: Tensor | None, shape: list[int], count: int) -> Tensor | None:
-    """An affine view broadcast to the statistics shape, flattened to one value per row."""
-    return None if value is None else value.expand(shape).reshape(count).contiguous()
+def _weights(
+    gamma: Tensor | None, beta: Tensor | None, layout: Layout, shape: tuple[int, ...]
+) -> tuple[Tensor | None, Tensor | None, int]:
+    """Affine values for the kernel and its channel count (rows per period of the weights)."""
+    if gamma is None and beta is None:
+        return None, None, 1
+    variate = layout.variate
+    last = layout.ndim - 1 if layout.time != layout.ndim - 1 else layout.ndim - 2
+    if variate == last:  # "b v t", "b t v": the weights repeat every V rows
+        size = shape[variate]
+        return (
+            None if gamma is None else gamma.reshape(size).contiguous(),
+            None if beta is None else beta.reshape(size).contiguous(),
+            size,
+        )
+    count = math.prod(shape)
+    return (
+        None if gamma is None else gamma.expand(shape).reshape(count).contiguous(),
+        None if beta is None else beta.expand(shape).reshape(count).contiguous(),
+        count,
+    )
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def try_normalize(
@@ -117,58 +150,80 @@ def try_normalize(
         or options.method != "std"
         or options.causal
         or options.subtract_last
-        or x.dtype not in _FLOAT_DTYPES
         or torch.compiler.is_compiling()
     ):
         return None
-    shape = list(x.shape)
-    time = layout.time
+    sdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    values = x if x.dtype == sdtype else x.to(sdtype)
+    time, shape = layout.time, x.shape
     length = shape[time]
-    outer = math.prod(shape[:time])
-    inner = math.prod(shape[time + 1 :])
-    count = outer * inner
+    stats_shape = (*shape[:time], 1, *shape[time + 1 :])
+    count = x.numel() // length
     if count == 0:
         return None
-    values = x.to(_core.stats_dtype(x.dtype))
+    inner = math.prod(shape[time + 1 :])
     if inner == 1:
-        rows = values.reshape(count, length).contiguous()
-    else:  # time is not the last axis: one transposing copy makes rows contiguous
-        rows = values.reshape(outer, length, inner).transpose(1, 2).contiguous().view(count, length)
-    shape[time] = 1
-    weight, bias = _per_row(gamma, shape, count), _per_row(beta, shape, count)
+        rows = values.contiguous().view(count, length)
+    else:  # time is not the last axis: one transposing copy makes each row contiguous
+        rows = values.reshape(-1, length, inner).transpose(1, 2).contiguous().view(count, length)
+    weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
     eps, clamp = options.eps, options.eps_mode == "clamp"
     # clamp: std = sqrt(var) once var >= eps is checked; a floor far below eps keeps a zero
     # variance from making rstd infinite (and the gradients NaN) before it is redone below.
-    floor = max(eps * 2.0**-60, torch.finfo(rows.dtype).tiny) if clamp else eps
-    y, mean, rstd = _RowNorm.apply(  # type: ignore[no-untyped-call]
-        rows, weight, bias, floor, options.detach
-    )
+    floor = max(eps * 2.0**-60, torch.finfo(sdtype).tiny) if clamp else eps
+    if _needs_grad(rows, weight, bias):
+        y, mean, rstd = _RowNorm.apply(  # type: ignore[no-untyped-call]
+            rows, weight, bias, channels, floor, options.detach
+        )
+    else:
+        y, mean, rstd = _group_norm(rows, weight, bias, channels, floor)
+    mean, rstd = mean.view(stats_shape), rstd.view(stats_shape)
+    # var >= eps  <=>  rstd <= 1 / sqrt(eps) (clamp) or 1 / sqrt(2 eps) (add)
+    rstd_limit = (eps if clamp else 2 * eps) ** -0.5
+    with torch.no_grad():
+        ratio = (mean * rstd).abs()
+        fine = ratio.max().item() <= OFFSET_LIMIT and rstd.max().item() <= rstd_limit
     scale = rstd.reciprocal()
     variance = scale.square() if clamp else scale.square() - eps
-    with torch.no_grad():
-        careful = ~((mean.abs() * rstd <= OFFSET_LIMIT) & (variance >= eps))
-        redo = careful.nonzero().view(-1) if bool(careful.any()) else None
-    if redo is not None:
-        part = rows.index_select(0, redo)
-        part_y, part_frame = _core.normalize_careful(
-            part,
-            ROWS,
-            None if weight is None else weight.index_select(0, redo).unsqueeze(1),
-            None if bias is None else bias.index_select(0, redo).unsqueeze(1),
-            None,
-            options,
+    if not fine:
+        y, mean, variance, scale = _redo(
+            rows, y, (mean, variance, scale), ratio, rstd, rstd_limit, weight, bias, options
         )
-        part_variance = part_frame.variance.view(-1)
-        part_scale = _core.scale_from_variance(part_variance, eps, options.eps_mode)
-        y = y.index_copy(0, redo, part_y)
-        mean = mean.index_copy(0, redo, part_frame.loc.view(-1))
-        variance = variance.index_copy(0, redo, part_variance)
-        scale = scale.index_copy(0, redo, part_scale)
-    if inner == 1:
-        y = y.view(x.shape)
-    else:  # a transposed view of the row-major result: right shape and values, no copy
-        y = y.view(outer, inner, length).transpose(1, 2).view(x.shape)
-    frame = _core.make_frame(
-        layout, mean.view(shape), variance.view(shape), scale.view(shape), gamma, beta
+    if inner != 1:  # a transposed view of the row-major result: right shape and values
+        y = y.view(-1, inner, length).transpose(1, 2)
+    frame = _core.make_frame(layout, mean, variance, scale, gamma, beta)
+    return y.view(shape).to(x.dtype), frame
+
+
+def _redo(
+    rows: Tensor,
+    y: Tensor,
+    stats: tuple[Tensor, Tensor, Tensor],
+    ratio: Tensor,
+    rstd: Tensor,
+    rstd_limit: float,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    options: Options,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Recompute the flagged rows with the careful math; copy them into y and the statistics."""
+    with torch.no_grad():
+        flagged = ~((ratio <= OFFSET_LIMIT) & (rstd <= rstd_limit))
+        redo = flagged.view(-1).nonzero().view(-1)
+    length = rows.shape[-1]
+    flat_rows, flat_y = rows.view(-1, length), y.view(-1, length)
+    part_weight, part_bias = (
+        None if value is None else value.repeat(flat_rows.shape[0] // value.numel())[redo, None]
+        for value in (weight, bias)
     )
-    return y.to(x.dtype), frame
+    part_y, frame = _core.normalize_careful(
+        flat_rows.index_select(0, redo), ROWS, part_weight, part_bias, None, options
+    )
+    part_variance = frame.variance.view(-1)
+    part_scale = _core.scale_from_variance(part_variance, options.eps, options.eps_mode)
+    flat_y = flat_y.index_copy(0, redo, part_y)
+    merged = (
+        value.reshape(-1).index_copy(0, redo, part).view_as(value)
+        for value, part in zip(stats, (frame.loc.view(-1), part_variance, part_scale), strict=True)
+    )
+    return (flat_y.view_as(y), *merged)  # type: ignore[return-value]
