@@ -1,0 +1,41 @@
+"""Smoke test of benchmarks/bench_revin.py: it runs in quick mode and revin_fn matches."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_revin.py"
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_revin", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_benchmark_runs_and_matches_the_reference_formulas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load_bench()
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--json", str(out)])
+    assert "| case | op | revin_fn ms" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    layouts = {(tuple(row["shape"]), row["layout"], row["dtype"]) for row in result["rows"]}
+    assert {layout for _, layout, _ in layouts} == {"b v t", "b t v"}
+    assert {dtype for _, _, dtype in layouts} == {"float32", "bfloat16"}
+    for row in result["rows"]:
+        for impl in bench.IMPLS:
+            assert all(row["ms"][impl][op] > 0 for op in bench.OPS)
+        # no timing assertions: numbers on shared CI machines are noise
+        tolerance = 1e-5 if row["dtype"] == "float32" else 5e-2
+        assert all(value <= tolerance for value in row["match"].values()), row["match"]
+        if row["dtype"] == "float32":  # x and the reverse's input, plus statistics that
+            assert row["saved_inputs"]["revin_fn"] <= 2.5  # weigh a little at tiny shapes
