@@ -191,10 +191,10 @@ def _undo(frame: Frame, y: Tensor, shift: bool, stepwise: bool | None) -> Tensor
     """``offset + y * gain`` (``y * |gain|`` without shift) after checking shapes."""
     _check_tensor("y_hat", y)
     gain, offset = _fit(frame, y.shape, stepwise)
-    values = y.to(_core.stats_dtype(y.dtype))
+    # the float32 statistics promote a half-precision y inside the one fused op (no upcast copy)
     if not shift:
-        return (values * gain.abs()).to(y.dtype)
-    return torch.addcmul(offset, values, gain).to(y.dtype)
+        return (y * gain.abs()).to(y.dtype)
+    return torch.addcmul(offset, y, gain).to(y.dtype)
 
 
 class ReverseFn:
