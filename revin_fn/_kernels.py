@@ -150,6 +150,7 @@ def try_normalize(
         or options.method != "std"
         or options.causal
         or options.subtract_last
+        or options.eps_mode not in ("clamp", "add")
         or torch.compiler.is_compiling()
     ):
         return None
