@@ -154,12 +154,14 @@ def _select(frame: Frame, variates: Variates | None) -> Frame:
     return Frame(frame.layout, *(pick(value) for value in frame[1:]))
 
 
-def _fit(frame: Frame, shape: Sequence[int], stepwise: bool | None) -> tuple[Tensor, Tensor]:
+def _fit(
+    frame: Frame, shape: Sequence[int], stepwise: bool | None, name: str = "y_hat"
+) -> tuple[Tensor, Tensor]:
     """``(gain, offset)`` for an output of ``shape``; raises if the shape does not match."""
     layout = frame.layout
     if len(shape) != layout.ndim:
         raise ValueError(
-            f"y_hat has shape {tuple(shape)} ({len(shape)} dimensions), expected "
+            f"{name} has shape {tuple(shape)} ({len(shape)} dimensions), expected "
             f'{layout.ndim} dimensions for pattern "{layout.pattern}"'
         )
     time = layout.time
@@ -170,7 +172,7 @@ def _fit(frame: Frame, shape: Sequence[int], stepwise: bool | None) -> tuple[Ten
             stepwise = shape[time] == length
         if stepwise and shape[time] != length:
             raise ValueError(
-                f"stepwise=True needs y_hat with {length} steps like the input, "
+                f"stepwise=True needs {name} with {length} steps like the input, "
                 f"got shape {tuple(shape)}"
             )
         if not stepwise:
@@ -180,7 +182,7 @@ def _fit(frame: Frame, shape: Sequence[int], stepwise: bool | None) -> tuple[Ten
     if list(shape) != expected:
         expected_text = (*expected[:time], "T", *expected[time + 1 :])
         raise ValueError(
-            f"y_hat has shape {tuple(shape)}, expected {expected_text} (any T) to match the "
+            f"{name} has shape {tuple(shape)}, expected {expected_text} (any T) to match the "
             f'statistics of shape {tuple(frame.loc.shape)} with pattern "{layout.pattern}"; '
             "pass variates= when y_hat holds only some variates"
         )
@@ -245,7 +247,7 @@ class ReverseFn:
 
         try:
             frame = _select(self._frame, variates)
-            gain, offset = _fit(frame, dist.batch_shape, None)
+            gain, offset = _fit(frame, dist.batch_shape, None, "dist.batch_shape")
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.distribution(dist)", error) from None
         return AffineDistribution(dist, offset, gain)
@@ -261,12 +263,13 @@ class ReverseFn:
         try:
             frame = _select(self._frame, variates)
             _check_tensor("q_hat", q_hat)
-            data = _undo(frame, q_hat.movedim(-1, 0).flatten(0, 1), True, None)
+            gain, offset = _fit(frame, q_hat.shape[:-1], None, "q_hat without its quantile axis")
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.quantiles(q_hat)", error) from None
-        data = data.reshape(q_hat.shape[-1], *q_hat.shape[:-1]).movedim(0, -1)
-        decreasing = (frame.gain < 0).unsqueeze(-1)
-        return torch.where(decreasing, data.flip(-1), data)
+        gain, offset = gain.unsqueeze(-1), offset.unsqueeze(-1)
+        values = q_hat.to(_core.stats_dtype(q_hat.dtype))
+        data = torch.addcmul(offset, values, gain).to(q_hat.dtype)
+        return torch.where(gain < 0, data.flip(-1), data)
 
 
 def _error(call: str, error: Exception) -> RevINError:
