@@ -40,8 +40,10 @@ def batch_moments(x: Tensor, observed: Tensor | None, layout: Layout) -> Moments
         seen = (
             None if observed is None else observed.movedim(layout.variate, 0).reshape(values.shape)
         )
-    values = values.detach().double()
+    # one contiguous float64 copy: reductions along a strided axis are many times slower
+    values = values.detach().to(torch.float64, memory_format=torch.contiguous_format)
     if seen is not None:
+        seen = seen.contiguous()
         values = values.masked_fill(~seen, 0)
         count = seen.sum(1, dtype=torch.float64)
     else:
