@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sized
 from typing import NamedTuple
 
 import torch
@@ -21,6 +21,9 @@ from ._core import EMPTY_VARIANCE, Options
 from ._patterns import Layout, parse
 
 CHUNK = 1 << 22  # elements per chunk when adapt is given one large tensor
+
+
+Batch = tuple[object, object]  # (x, mask) before validation
 
 
 class Moments(NamedTuple):
@@ -140,36 +143,42 @@ class Progress:
             )
 
 
-def batches(data: object, mask: object, pattern: str) -> Iterator[tuple[object, object]]:
-    """``(x, mask)`` pairs: a tensor is cut into chunks of about ``CHUNK`` elements along a
-    non-variate axis (bounding the float64 copies); an iterable yields its batches, the first
-    element of a tuple or list batch being ``x``.
+def batches(data: object, mask: object, pattern: str) -> tuple[Iterable[Batch], int | None]:
+    """``(x, mask)`` pairs and how many (``None`` if unknown).
+
+    A tensor is cut into chunks of about ``CHUNK`` elements along a non-variate axis (bounding
+    the float64 copies); an iterable yields its batches, the first element of a tuple or list
+    batch being ``x``.
     """
     if isinstance(data, Tensor):
         layout = parse(pattern, data.ndim)
         axis = 1 if layout.variate == 0 and data.ndim > 1 else 0
-        rows = max(1, CHUNK * max(data.shape[axis], 1) // max(data.numel(), 1))
-        if isinstance(mask, Tensor):
-            mask = mask.expand(data.shape)
-        for start in range(0, max(data.shape[axis], 1), rows):
-            part = data.narrow(axis, start, min(rows, data.shape[axis] - start))
-            yield (
-                part,
-                (mask.narrow(axis, start, part.shape[axis]) if isinstance(mask, Tensor) else mask),
-            )
-        return
+        length = data.shape[axis] if data.ndim else 1
+        rows = max(1, CHUNK * max(length, 1) // max(data.numel(), 1))
+        starts = range(0, max(length, 1), rows)
+
+        def cut(value: object, start: int) -> object:
+            if not isinstance(value, Tensor):
+                return value
+            return value.narrow(axis, start, min(rows, length - start))
+
+        return ((cut(data, start), cut(mask, start)) for start in starts), len(starts)
     if isinstance(mask, Tensor):
         raise ValueError('a mask tensor needs data given as one tensor; for batches use mask="nan"')
     if not isinstance(data, Iterable):
         raise TypeError(
             f"data must be a tensor or an iterable of batches, got {type(data).__name__}"
         )
-    for batch in data:
-        if isinstance(batch, tuple | list):
-            if not batch:
-                raise ValueError("a batch is an empty tuple; expected x or (x, ...)")
-            batch = batch[0]
-        yield batch, mask
+    total = len(data) if isinstance(data, Sized) else None
+    return ((_first(batch), mask) for batch in data), total
+
+
+def _first(batch: object) -> object:
+    if isinstance(batch, tuple | list):
+        if not batch:
+            raise ValueError("a batch is an empty tuple; expected x or (x, ...)")
+        return batch[0]
+    return batch
 
 
 def layout_for(pattern: str, x: object, index: int) -> tuple[Tensor, Layout]:

@@ -55,9 +55,12 @@ def adapt(
     running: _moments.Moments | None = None
     has_variate = True
     batches = values = 0
-    report = _moments.Progress(progress, len(data) if hasattr(data, "__len__") else None)
     try:
-        for batch, batch_mask in _moments.batches(data, mask, pattern):
+        if isinstance(data, Tensor) and isinstance(mask, Tensor):
+            mask = _observed(mask, _check_tensor("data", data))  # checked and expanded once
+        pairs, total = _moments.batches(data, mask, pattern)
+        report = _moments.Progress(progress, total)
+        for batch, batch_mask in pairs:
             x, layout = _moments.layout_for(pattern, batch, batches)
             observed = _observed(batch_mask, x)  # type: ignore[arg-type]
             part = _moments.batch_moments(x, observed, layout)

@@ -118,6 +118,14 @@ def test_progress_lines_on_stderr(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_progress_counts_chunks_of_one_tensor(monkeypatch, capsys):
+    monkeypatch.setattr(moments, "CHUNK", 2000)  # 50 rows of 200 values: 5 chunks of 10 rows
+    adapt(dataset(n=50, t=40), progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("adapt: batch 1/5, 2000 values")
+    assert err[-1].startswith("adapt: done, 5 batches, 10000 values")
+
+
 @pytest.mark.parametrize(
     ("data", "kwargs", "error", "match"),
     [
@@ -132,6 +140,9 @@ def test_progress_lines_on_stderr(capsys):
          r"a mask tensor needs data given as one tensor"),
         (torch.ones(2, 3, 4), {"mask": torch.ones(2, 3, 4)}, RevINTypeError, r"mask must be a b"),
         (torch.full((2, 3, 4), float("nan")), {"mask": "nan"}, RevINError, r"no observed value"),
+        (torch.ones(0, 3, 4), {}, RevINError, r"no observed value \(0 values seen\)"),
+        (torch.ones(2, 3, 4), {"mask": torch.ones(3, 3, 1, dtype=torch.bool)}, RevINError,
+         r"mask has shape \(3, 3, 1\), which does not broadcast to x of shape \(2, 3, 4\)"),
     ],
 )  # fmt: skip
 def test_adapt_bad_inputs(data, kwargs, error, match):
