@@ -30,7 +30,8 @@ class Statistics(NamedTuple):
         variance: the squared scale before the eps rule: the population (biased) variance for
             ``method="std"``, ``(IQR / 1.349)**2``, ``(max - min)**2`` or ``mean(|x|)**2``
             otherwise, 1 for an instance with nothing observed. The scale that divides is
-            ``sqrt(max(variance, eps))`` (``eps_mode="clamp"``) or ``sqrt(variance + eps)``.
+            ``sqrt(max(variance, eps))`` (``eps_mode="clamp"``), ``sqrt(variance + eps)``
+            (``"add"``) or ``sqrt(variance) + eps`` (``"add_std"``).
         gamma: the affine weight as passed, or ``None``.
         beta: the affine bias as passed, or ``None``.
     """
@@ -345,7 +346,8 @@ def revin(
         pattern: einops-style axis names; ``t`` is reduced, ``v`` carries gamma/beta, every
             other axis (``...`` allowed) indexes instances. Default: ``"b v t"``.
         eps: variance floor (and gamma floor). Default: ``1e-5``.
-        eps_mode: ``"clamp"`` (max) or ``"add"`` (as in the original RevIN). Default: ``"clamp"``.
+        eps_mode: ``"clamp"`` (max), ``"add"`` (as in the original RevIN) or ``"add_std"``
+            (:math:`\sigma = \sqrt{\mathrm{Var}[x]} + \epsilon`, as in S4). Default: ``"clamp"``.
         detach: stop gradients through the statistics. Default: ``False``.
         subtract_last: center on the last (observed) step instead of the location; the scale
             is unchanged. Default: ``False``.
