@@ -181,7 +181,9 @@ def _fit(
     expected = list(frame.loc.shape)
     expected[time] = shape[time]
     if list(shape) != expected:
-        expected_text = (*expected[:time], "T", *expected[time + 1 :])
+        expected_text = (
+            "(" + ", ".join("T" if d == time else str(n) for d, n in enumerate(expected)) + ")"
+        )
         raise ValueError(
             f"{name} has shape {tuple(shape)}, expected {expected_text} (any T) to match the "
             f'statistics of shape {tuple(frame.loc.shape)} with pattern "{layout.pattern}"; '

@@ -174,7 +174,7 @@ def test_revin_one_variate_output_raises_unless_variates_given():
     layer(x, mode="norm")
     y_hat = torch.randn(8, 24, 1)
     with pytest.raises(
-        RevINError, match=r"y_hat has shape \(8, 24, 1\), expected \(8, 'T', 7\) \(any T\)"
+        RevINError, match=r"y_hat has shape \(8, 24, 1\), expected \(8, T, 7\) \(any T\)"
     ):
         layer(y_hat, mode="denorm")
     w, b = layer.affine_weight, layer.affine_bias
@@ -289,7 +289,7 @@ def test_s4_output_checks_shape_and_order():
     norm_in(x)
     # intended difference: the original broadcasts (B, L, 1) to (B, L, 4)
     with pytest.raises(
-        RevINError, match=r"y_hat has shape \(2, 10, 1\), expected \(2, 'T', 4\) \(any T\)"
+        RevINError, match=r"y_hat has shape \(2, 10, 1\), expected \(2, T, 4\) \(any T\)"
     ):
         norm_out(torch.randn(2, 10, 1))
     _, m, s = s4_norm(x)

@@ -20,7 +20,10 @@ X = torch.randn(4, 7, 32)
         ({"pattern": "b (v t)"}, r"groups axes with parentheses"),
         ({"pattern": "b t t"}, r"not a valid einops pattern"),
         ({"pattern": 3}, r"pattern must be a string"),
-        ({"eps_mode": "sqrt"}, r"eps_mode must be one of \('clamp', 'add'\), got 'sqrt'"),
+        (
+            {"eps_mode": "sqrt"},
+            r"eps_mode must be one of \('clamp', 'add', 'add_std'\), got 'sqrt'",
+        ),
         ({"method": "median"}, r"method must be one of .* got 'median'"),
         ({"eps": 0.0}, r"eps must be a positive number, got 0.0"),
         ({"eps": -1e-5}, r"eps must be a positive number"),
@@ -87,7 +90,7 @@ def test_non_tensor_input_is_a_type_error():
 def test_one_target_forecast_is_never_broadcast_silently():
     _, reverse_fn = revin(X)
     message = (
-        r"reverse_fn\(y_hat\): y_hat has shape \(4, 1, 24\), expected \(4, 7, 'T'\) \(any T\) to "
+        r"reverse_fn\(y_hat\): y_hat has shape \(4, 1, 24\), expected \(4, 7, T\) \(any T\) to "
         r'match the statistics of shape \(4, 7, 1\) with pattern "b v t"; pass variates='
     )
     with pytest.raises(RevINError, match=message):
@@ -98,7 +101,7 @@ def test_one_target_forecast_is_never_broadcast_silently():
 @pytest.mark.parametrize(
     "y_hat, message",
     [
-        (torch.zeros(3, 7, 24), r"y_hat has shape \(3, 7, 24\), expected \(4, 7, 'T'\)"),
+        (torch.zeros(3, 7, 24), r"y_hat has shape \(3, 7, 24\), expected \(4, 7, T\)"),
         (torch.zeros(4, 7), r"y_hat has shape \(4, 7\) \(2 dimensions\), expected 3 dimensions"),
         (torch.zeros(1, 7, 24), r"y_hat has shape \(1, 7, 24\)"),
         (torch.zeros(4, 7, 24, dtype=torch.int32), r"y_hat must be a floating-point tensor"),
@@ -127,7 +130,7 @@ def test_bad_variates_selection(variates, message):
 
 def test_variates_selection_with_the_wrong_count():
     _, reverse_fn = revin(X)
-    with pytest.raises(RevINError, match=r"expected \(4, 2, 'T'\)"):
+    with pytest.raises(RevINError, match=r"expected \(4, 2, T\)"):
         reverse_fn(torch.zeros(4, 1, 3), variates=[0, 1])
 
 
