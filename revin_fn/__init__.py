@@ -15,16 +15,20 @@ class RevINTypeError(RevINError, TypeError):
     """An input of the wrong dtype (for example an integer tensor)."""
 
 
+from .dataset import Normalization, adapt, normalize  # noqa: E402
 from .functional import ReverseFn, Statistics, reverse, revin  # noqa: E402
 from .module import RevIN  # noqa: E402
 
 __all__ = [
+    "Normalization",
     "RevIN",
     "RevINError",
     "RevINTypeError",
     "ReverseFn",
     "Statistics",
     "__version__",
+    "adapt",
+    "normalize",
     "reverse",
     "revin",
 ]

@@ -16,7 +16,7 @@ from . import _kernels
 from ._patterns import Layout
 
 DEFAULT_EPS = 1e-5
-EPS_MODES = ("clamp", "add")
+EPS_MODES = ("clamp", "add", "add_std")
 METHODS = ("std", "robust", "minmax", "meanabs")
 CAUSAL_METHODS = ("std", "minmax", "meanabs")
 IQR_PER_STD = 1.349  # interquartile range of the standard normal distribution
@@ -57,10 +57,18 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def scale_from_variance(variance: Tensor, eps: float, eps_mode: str) -> Tensor:
-    """``sqrt(max(variance, eps))`` for ``"clamp"``, ``sqrt(variance + eps)`` for ``"add"``."""
+    """``sqrt(max(variance, eps))`` for ``"clamp"``, ``sqrt(variance + eps)`` for ``"add"``,
+    ``sqrt(variance) + eps`` for ``"add_std"`` (the S4 / ESPnet rule, std + 1e-4).
+
+    ``"add_std"`` takes the square root only where the variance is positive, so a constant
+    series gets a zero gradient instead of ``inf * 0 = nan``.
+    """
     if eps_mode == "clamp":
         return variance.clamp(min=eps).sqrt()
-    return (variance + eps).sqrt()
+    if eps_mode == "add":
+        return (variance + eps).sqrt()
+    positive = variance > 0
+    return torch.where(positive, torch.where(positive, variance, 1).sqrt(), 0) + eps
 
 
 def guard_gamma(gamma: Tensor, eps: float) -> Tensor:
@@ -95,6 +103,26 @@ def make_frame(
     gain = scale if gamma is None else scale / gamma
     offset = loc if beta is None else loc - beta * gain
     return Frame(layout, loc, variance, gain, offset)
+
+
+def forward_frame(x: Tensor, frame: Frame) -> Tensor:
+    """``(x - offset) / gain``: the map that ``offset + y * gain`` (the reverse) inverts exactly.
+
+    For statistics fixed in advance (dataset-level normalization): the Frame comes from
+    ``make_frame`` and ``x`` is not used to compute it. Computed in the Frame's dtype,
+    returned in ``x.dtype``.
+    """
+    return ((x.to(frame.gain.dtype) - frame.offset) / frame.gain).to(x.dtype)
+
+
+def invert_frame(frame: Frame) -> Frame:
+    """The Frame whose reverse ``offset' + y * gain'`` is ``(y - offset) / gain`` (forward_frame).
+
+    ``gain' = 1 / gain`` and ``offset' = -offset / gain``: equal up to rounding, which is
+    relative to ``|offset / gain|`` (the location in units of the scale).
+    """
+    gain = frame.gain.reciprocal()
+    return frame._replace(gain=gain, offset=-frame.offset * gain)
 
 
 def _count(observed: Tensor | None, x: Tensor, dim: int, causal: bool) -> Tensor | int:

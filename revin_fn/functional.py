@@ -30,7 +30,8 @@ class Statistics(NamedTuple):
         variance: the squared scale before the eps rule: the population (biased) variance for
             ``method="std"``, ``(IQR / 1.349)**2``, ``(max - min)**2`` or ``mean(|x|)**2``
             otherwise, 1 for an instance with nothing observed. The scale that divides is
-            ``sqrt(max(variance, eps))`` (``eps_mode="clamp"``) or ``sqrt(variance + eps)``.
+            ``sqrt(max(variance, eps))`` (``eps_mode="clamp"``), ``sqrt(variance + eps)``
+            (``"add"``) or ``sqrt(variance) + eps`` (``"add_std"``).
         gamma: the affine weight as passed, or ``None``.
         beta: the affine bias as passed, or ``None``.
     """
@@ -154,12 +155,14 @@ def _select(frame: Frame, variates: Variates | None) -> Frame:
     return Frame(frame.layout, *(pick(value) for value in frame[1:]))
 
 
-def _fit(frame: Frame, shape: Sequence[int], stepwise: bool | None) -> tuple[Tensor, Tensor]:
+def _fit(
+    frame: Frame, shape: Sequence[int], stepwise: bool | None, name: str = "y_hat"
+) -> tuple[Tensor, Tensor]:
     """``(gain, offset)`` for an output of ``shape``; raises if the shape does not match."""
     layout = frame.layout
     if len(shape) != layout.ndim:
         raise ValueError(
-            f"y_hat has shape {tuple(shape)} ({len(shape)} dimensions), expected "
+            f"{name} has shape {tuple(shape)} ({len(shape)} dimensions), expected "
             f'{layout.ndim} dimensions for pattern "{layout.pattern}"'
         )
     time = layout.time
@@ -170,7 +173,7 @@ def _fit(frame: Frame, shape: Sequence[int], stepwise: bool | None) -> tuple[Ten
             stepwise = shape[time] == length
         if stepwise and shape[time] != length:
             raise ValueError(
-                f"stepwise=True needs y_hat with {length} steps like the input, "
+                f"stepwise=True needs {name} with {length} steps like the input, "
                 f"got shape {tuple(shape)}"
             )
         if not stepwise:
@@ -178,9 +181,11 @@ def _fit(frame: Frame, shape: Sequence[int], stepwise: bool | None) -> tuple[Ten
     expected = list(frame.loc.shape)
     expected[time] = shape[time]
     if list(shape) != expected:
-        expected_text = (*expected[:time], "T", *expected[time + 1 :])
+        expected_text = (
+            "(" + ", ".join("T" if d == time else str(n) for d, n in enumerate(expected)) + ")"
+        )
         raise ValueError(
-            f"y_hat has shape {tuple(shape)}, expected {expected_text} (any T) to match the "
+            f"{name} has shape {tuple(shape)}, expected {expected_text} (any T) to match the "
             f'statistics of shape {tuple(frame.loc.shape)} with pattern "{layout.pattern}"; '
             "pass variates= when y_hat holds only some variates"
         )
@@ -245,7 +250,7 @@ class ReverseFn:
 
         try:
             frame = _select(self._frame, variates)
-            gain, offset = _fit(frame, dist.batch_shape, None)
+            gain, offset = _fit(frame, dist.batch_shape, None, "dist.batch_shape")
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.distribution(dist)", error) from None
         return AffineDistribution(dist, offset, gain)
@@ -261,12 +266,13 @@ class ReverseFn:
         try:
             frame = _select(self._frame, variates)
             _check_tensor("q_hat", q_hat)
-            data = _undo(frame, q_hat.movedim(-1, 0).flatten(0, 1), True, None)
+            gain, offset = _fit(frame, q_hat.shape[:-1], None, "q_hat without its quantile axis")
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.quantiles(q_hat)", error) from None
-        data = data.reshape(q_hat.shape[-1], *q_hat.shape[:-1]).movedim(0, -1)
-        decreasing = (frame.gain < 0).unsqueeze(-1)
-        return torch.where(decreasing, data.flip(-1), data)
+        gain, offset = gain.unsqueeze(-1), offset.unsqueeze(-1)
+        values = q_hat.to(_core.stats_dtype(q_hat.dtype))
+        data = torch.addcmul(offset, values, gain).to(q_hat.dtype)
+        return torch.where(gain < 0, data.flip(-1), data)
 
 
 def _error(call: str, error: Exception) -> RevINError:
@@ -342,7 +348,8 @@ def revin(
         pattern: einops-style axis names; ``t`` is reduced, ``v`` carries gamma/beta, every
             other axis (``...`` allowed) indexes instances. Default: ``"b v t"``.
         eps: variance floor (and gamma floor). Default: ``1e-5``.
-        eps_mode: ``"clamp"`` (max) or ``"add"`` (as in the original RevIN). Default: ``"clamp"``.
+        eps_mode: ``"clamp"`` (max), ``"add"`` (as in the original RevIN) or ``"add_std"``
+            (:math:`\sigma = \sqrt{\mathrm{Var}[x]} + \epsilon`, as in S4). Default: ``"clamp"``.
         detach: stop gradients through the statistics. Default: ``False``.
         subtract_last: center on the last (observed) step instead of the location; the scale
             is unchanged. Default: ``False``.

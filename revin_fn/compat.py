@@ -1,0 +1,267 @@
+"""Drop-in replacements for existing RevIN modules: change the import, keep the call sites.
+
+Every class here is a thin shell over :func:`revin_fn.revin` (the formula is in its
+docstring): ``mode="norm"`` calls it and keeps the returned ``reverse_fn`` on the module,
+``mode="denorm"`` calls that ``reverse_fn``. Keeping the latest statistics on the module is
+what the originals do and what their call sites expect; new code should use
+:class:`revin_fn.RevIN`, which hands the ``reverse_fn`` back instead.
+
+- :class:`RevIN`: the original RevIN (Kim et al. 2022), PatchTST's copy; :class:`Normalize`
+  is TSLib's (same, ``affine=False`` by default).
+- :class:`ReversibleInstanceNorm`: kerasfactory's layer (statistics not detached).
+- :class:`ReversibleInstanceNorm1dInput` / :class:`ReversibleInstanceNorm1dOutput`: the
+  S4 / ESPnet pair (scale = population std + 1e-4).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import RevINError
+from ._core import DEFAULT_EPS, Options, check_options
+from .functional import ReverseFn, Variates, revin
+
+S4_EPS = 1e-4  # added to the population std by the S4 / ESPnet pair
+
+
+class RevIN(nn.Module):
+    r"""The original RevIN: ``layer(x, mode="norm")`` then ``layer(y_hat, mode="denorm")``.
+
+    Same constructor, parameter names (``affine_weight``, ``affine_bias``: state_dicts of the
+    original load) and numerics as the original: layout (batch, time, features), statistics
+    over time, :math:`\sigma = \sqrt{\mathrm{Var}[x] + \epsilon}` (``eps_mode="add"``),
+    statistics detached, ``subtract_last`` centers on the last step. It is
+    ``revin(x, affine_weight, affine_bias, pattern="b t v", eps_mode="add", detach=True)``.
+
+    Intended differences from the original:
+
+    - the weight is guarded in both directions, :math:`w' = \operatorname{sign}(w)
+      \max(|w|, \epsilon)`, and denorm divides by :math:`w'`; the original divides by
+      ``weight + eps * eps``, which is zero at ``weight = -eps**2``, and its forward uses the
+      raw weight. Outputs agree whenever ``|weight| >= eps`` (denorm to a relative
+      ``eps**2 / |weight|``).
+    - ``denorm`` checks the output's shape: a one-variate forecast ``(B, H, 1)`` against
+      ``num_features`` statistics raises instead of broadcasting to ``(B, H, num_features)``;
+      pass ``variates=`` to say which variates it holds.
+    - ``denorm`` before any ``norm`` and an unknown ``mode`` raise :class:`RevINError`.
+    - with ``subtract_last=True`` the last step is detached too (the original lets the
+      gradient flow through it); values are unchanged.
+    - only 3-D input: the original also reduces over the middle axes of 4-D and larger input.
+
+    Args:
+        num_features: number of features (variates).
+        eps: added to the variance (and floor of ``|affine_weight|``). Default: ``1e-5``.
+        affine: learn ``affine_weight`` (ones) and ``affine_bias`` (zeros). Default: ``True``.
+        subtract_last: center on the last step instead of the mean. Default: ``False``.
+        non_norm: identity in both modes (ablation switch). Default: ``False``.
+
+    Examples::
+
+        >>> layer = RevIN(7)
+        >>> x = torch.randn(32, 96, 7)
+        >>> y = layer(x, mode="norm")
+        >>> layer(torch.zeros(32, 24, 7), mode="denorm").shape
+        torch.Size([32, 24, 7])
+    """
+
+    detach = True  # the original detaches the statistics
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = DEFAULT_EPS,
+        affine: bool = True,
+        subtract_last: bool = False,
+        non_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        options = Options(eps, "add", self.detach, subtract_last)
+        try:
+            check_options(options)
+            if not isinstance(num_features, int) or num_features < 1:
+                raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        except ValueError as error:
+            raise RevINError(f"{name}(num_features={num_features!r}): {error}") from None
+        self.num_features = num_features
+        self.eps = eps
+        self.affine = affine
+        self.subtract_last = subtract_last
+        self.non_norm = non_norm
+        self.options = options
+        if affine:
+            self.affine_weight = nn.Parameter(torch.ones(num_features))
+            self.affine_bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("affine_weight", None)
+            self.register_parameter("affine_bias", None)
+        self.reverse_fn: ReverseFn | None = None
+
+    def forward(self, x: Tensor, mode: str = "norm", variates: Variates | None = None) -> Tensor:
+        """``mode="norm"``: normalize ``x`` (B, T, F); ``"denorm"``: map ``x`` (B, H, F) back.
+
+        ``variates`` (denorm only): which features ``x`` holds, as in ``reverse_fn``.
+        """
+        name = type(self).__name__
+        if mode == "norm":
+            if self.non_norm:
+                return x
+            if isinstance(x, Tensor) and x.ndim != 3:
+                raise RevINError(
+                    f'{name}(x, mode="norm"): x has shape {tuple(x.shape)}, expected '
+                    "(batch, time, features)"
+                )
+            y, self.reverse_fn = revin(
+                x,
+                self.affine_weight,
+                self.affine_bias,
+                pattern="b t v",
+                **self.options._asdict(),
+            )
+            return y
+        if mode == "denorm":
+            if self.non_norm:
+                return x
+            return _denorm(f'{name}(x, mode="denorm")', self.reverse_fn, x, variates)
+        raise RevINError(f'{name}(x, mode={mode!r}): mode must be "norm" or "denorm"')
+
+    def extra_repr(self) -> str:
+        text = f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+        if self.subtract_last:
+            text += ", subtract_last=True"
+        return text + (", non_norm=True" if self.non_norm else "")
+
+
+class Normalize(RevIN):
+    """TSLib's ``Normalize`` (``layers/StandardNorm.py``): :class:`RevIN` with ``affine=False``.
+
+    Same numerics and intended differences as :class:`RevIN`.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = DEFAULT_EPS,
+        affine: bool = False,
+        subtract_last: bool = False,
+        non_norm: bool = False,
+    ) -> None:
+        super().__init__(num_features, eps, affine, subtract_last, non_norm)
+
+
+class ReversibleInstanceNorm(RevIN):
+    r"""kerasfactory's ``ReversibleInstanceNorm``: :class:`RevIN` with its defaults.
+
+    Differs from :class:`RevIN` as kerasfactory does: ``affine=False`` by default, the
+    statistics are *not* detached (gradients flow through mean and std), and ``name=`` is
+    accepted (kept as ``self.name``). Numerics:
+    :math:`y = (x - \mu) / \sqrt{\mathrm{Var}[x] + \epsilon} \cdot w + b`.
+
+    Intended differences from kerasfactory: as :class:`RevIN` (kerasfactory's denorm divides
+    by the raw ``affine_weight``, so ``weight = 0`` gives inf/nan; here the guarded
+    :math:`w'` is used in both directions), and ``eps`` must be positive (kerasfactory also
+    allows 0, which divides by zero on a constant series).
+    """
+
+    detach = False  # kerasfactory keeps the statistics in the graph
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = DEFAULT_EPS,
+        affine: bool = False,
+        subtract_last: bool = False,
+        non_norm: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, affine, subtract_last, non_norm)
+        self.name = name
+
+
+class _UnusedAffine(nn.Module):
+    """Holds ``weight``/``bias`` buffers so S4 / ESPnet state_dicts (``norm.weight``) load.
+
+    The original keeps an ``nn.InstanceNorm1d(d, affine=True)`` whose affine is never
+    applied; buffers (not parameters) keep DDP from reporting unused parameters.
+    """
+
+    weight: Tensor
+    bias: Tensor
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.ones(d))
+        self.register_buffer("bias", torch.zeros(d))
+
+
+class ReversibleInstanceNorm1dInput(nn.Module):
+    r"""The S4 / ESPnet input half: ``y = (x - \mu) / (\sigma_{pop} + 10^{-4})``.
+
+    Layout (B, L, D), or (B, D, L) with ``transposed=True`` (any leading axes); statistics
+    over L, not detached, no affine. It is ``revin(x, pattern="... t v", eps=1e-4,
+    eps_mode="add_std")`` (``"... v t"`` when transposed). The paired
+    :class:`ReversibleInstanceNorm1dOutput` reverses with the latest call's statistics.
+
+    Intended differences from the original: nothing is modified in place (the original's
+    ``self.s += 1e-4`` changes a tensor autograd saved, so backward raises when ``x``
+    requires grad); a constant series gets a zero gradient instead of nan.
+    """
+
+    def __init__(self, d: int, transposed: bool = False) -> None:
+        super().__init__()
+        if not isinstance(d, int) or d < 1:
+            raise RevINError(f"ReversibleInstanceNorm1dInput(d={d!r}): d must be a positive int")
+        self.d = d
+        self.transposed = transposed
+        self.norm: _UnusedAffine = _UnusedAffine(d)
+        self.reverse_fn: ReverseFn | None = None
+
+    @property
+    def pattern(self) -> str:
+        return "... v t" if self.transposed else "... t v"
+
+    def forward(self, x: Tensor) -> Tensor:
+        y, self.reverse_fn = revin(x, pattern=self.pattern, eps=S4_EPS, eps_mode="add_std")
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.d}, transposed={self.transposed}"
+
+
+class ReversibleInstanceNorm1dOutput(nn.Module):
+    """The S4 / ESPnet output half: ``x_hat = y_hat * (sigma_pop + 1e-4) + mu``.
+
+    Uses the statistics of the latest call of ``norm_input`` (same layout). Intended
+    differences from the original: a ``y_hat`` whose variate axis does not match (a
+    one-variate output against D statistics) raises instead of broadcasting to D variates;
+    pass ``variates=`` to say which variates it holds. Calling it before ``norm_input`` raises
+    :class:`RevINError`.
+    """
+
+    def __init__(self, norm_input: ReversibleInstanceNorm1dInput) -> None:
+        super().__init__()
+        if not isinstance(norm_input, ReversibleInstanceNorm1dInput):
+            raise RevINError(
+                "ReversibleInstanceNorm1dOutput(norm_input): expected a "
+                f"ReversibleInstanceNorm1dInput, got {type(norm_input).__name__}"
+            )
+        self.transposed = norm_input.transposed
+        self.norm_input = norm_input
+        self.register_buffer("weight", norm_input.norm.weight)  # as in the original's
+        self.register_buffer("bias", norm_input.norm.bias)  # state_dict; unused
+
+    def forward(self, x: Tensor, variates: Variates | None = None) -> Tensor:
+        call = "ReversibleInstanceNorm1dOutput(x)"
+        return _denorm(call, self.norm_input.reverse_fn, x, variates)
+
+
+def _denorm(
+    call: str, reverse_fn: ReverseFn | None, y: Tensor, variates: Variates | None
+) -> Tensor:
+    if reverse_fn is None:
+        raise RevINError(
+            f"{call}: no statistics yet: normalize a batch first (the statistics of the "
+            "latest normalization are used)"
+        )
+    return reverse_fn(y, variates)

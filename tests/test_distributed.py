@@ -1,0 +1,112 @@
+"""Two CPU processes (gloo): RevIN under DDP, and adapt merging per-rank moments."""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from revin_fn import Normalization, RevIN, adapt
+
+WORLD = 2
+BATCH, TIME, HORIZON, VARIATES = 8, 24, 6, 3
+
+
+class Forecaster(nn.Module):
+    """RevIN -> linear over time -> reverse: the usual forecasting wrapper."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = RevIN(VARIATES, pattern="b t v")
+        self.head = nn.Linear(TIME, HORIZON)
+
+    def forward(self, x):
+        y, reverse_fn = self.norm(x)
+        return reverse_fn(self.head(y.transpose(1, 2)).transpose(1, 2))
+
+
+def problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, TIME, VARIATES, generator=g, dtype=torch.float64) * 3 + 10
+    target = torch.randn(BATCH, HORIZON, VARIATES, generator=g, dtype=torch.float64) + 10
+    torch.manual_seed(0)  # the same head in every process
+    model = Forecaster().double()
+    with torch.no_grad():  # gamma/beta away from their initial values
+        model.norm.gamma.copy_(torch.tensor([1.5, -0.7, 0.9]))
+        model.norm.beta.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    shards = [
+        torch.randn(n, VARIATES, 20, generator=g, dtype=torch.float64) * 2 + 5 for n in (7, 13)
+    ]
+    shards[1][0, 1, :5] = float("nan")  # a missing stretch on one rank
+    return model, x, target, shards
+
+
+def gradients(model, x, target):
+    model.zero_grad()
+    nn.functional.mse_loss(model(x), target).backward()
+    return model.norm.gamma.grad.clone(), model.norm.beta.grad.clone()
+
+
+def worker(rank, port, out):
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    try:
+        model, x, target, shards = problem()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        share = BATCH // WORLD
+        part = slice(rank * share, (rank + 1) * share)
+        model.zero_grad()
+        nn.functional.mse_loss(ddp(x[part]), target[part]).backward()  # DDP averages grads
+        grads = model.norm.gamma.grad.clone(), model.norm.beta.grad.clone()
+        stats = adapt(shards[rank], mask="nan")  # a process group is up: moments all_reduced
+        norm = Normalization(VARIATES, dtype=torch.float64).adapt(shards[rank], mask="nan")
+        local = adapt(shards[rank], mask="nan", distributed=False)
+        results = {
+            "grads": grads,
+            "adapt": {"mean": stats.mean, "variance": stats.variance},
+            "buffers": norm.state_dict(),
+            "local": {"mean": local.mean, "variance": local.variance},
+        }
+        torch.save(results, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.slow
+def test_ddp_gradients_equal_single_process_on_the_whole_batch(ranks):
+    model, x, target, _ = problem()
+    gamma_grad, beta_grad = gradients(model, x, target)
+    assert gamma_grad.abs().min() > 0  # the check below is not vacuous
+    for result in ranks:
+        torch.testing.assert_close(result["grads"][0], gamma_grad, atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(result["grads"][1], beta_grad, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_adapt_under_a_process_group_gives_whole_dataset_statistics(ranks):
+    *_, shards = problem()
+    whole = adapt(torch.cat(shards), mask="nan")
+    for rank, result in enumerate(ranks):
+        for got in (result["adapt"], result["buffers"]):
+            torch.testing.assert_close(got["mean"], whole.mean, atol=1e-6, rtol=0)
+            torch.testing.assert_close(got["variance"], whole.variance, atol=1e-6, rtol=0)
+        own = adapt(shards[rank], mask="nan")  # no process group here: this rank's data only
+        torch.testing.assert_close(result["local"]["mean"], own.mean)
+        assert not torch.allclose(result["local"]["mean"], whole.mean)

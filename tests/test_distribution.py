@@ -1,0 +1,81 @@
+"""Probabilistic outputs: distributions and quantiles predicted in normalized space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Normal, StudentT
+
+from revin_fn import RevINError, revin
+
+
+def setup(gamma_values=(2.0, -1.5, 1.0)):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 64, dtype=torch.float64) * 5 + 30
+    gamma = torch.tensor(gamma_values, dtype=torch.float64)
+    beta = torch.tensor([0.5, -1.0, 0.0], dtype=torch.float64)
+    return revin(x, gamma, beta, return_statistics=True)
+
+
+def test_normal_maps_to_the_normal_in_data_units():
+    _, reverse_fn, _stats = setup()
+    loc, scale = (
+        torch.randn(4, 3, 12, dtype=torch.float64),
+        torch.rand(4, 3, 12, dtype=torch.float64) + 0.1,
+    )
+    mapped = reverse_fn.distribution(Normal(loc, scale))
+    expected = Normal(reverse_fn(loc), reverse_fn(scale, shift=False))
+    value = expected.sample()
+    torch.testing.assert_close(mapped.log_prob(value), expected.log_prob(value))
+    torch.testing.assert_close(mapped.mean, expected.mean)
+    torch.testing.assert_close(mapped.stddev, expected.stddev)
+    torch.testing.assert_close(mapped.variance, expected.variance)
+    levels = torch.full((4, 3, 12), 0.9, dtype=torch.float64)
+    torch.testing.assert_close(mapped.icdf(levels), expected.icdf(levels))
+    torch.testing.assert_close(mapped.cdf(value), expected.cdf(value))
+    assert mapped.sample((5,)).shape == (5, 4, 3, 12)
+
+
+def test_samples_are_the_reverse_of_normalized_samples():
+    _, reverse_fn, _ = setup()
+    base = StudentT(
+        4.0, torch.zeros(4, 3, 6, dtype=torch.float64), torch.ones(4, 3, 6, dtype=torch.float64)
+    )
+    torch.manual_seed(5)
+    normalized = base.sample()
+    torch.manual_seed(5)
+    mapped = reverse_fn.distribution(base).sample()
+    torch.testing.assert_close(mapped, reverse_fn(normalized))
+
+
+def test_distribution_honours_variates():
+    _, reverse_fn, _ = setup()
+    loc = torch.randn(4, 1, 12, dtype=torch.float64)
+    mapped = reverse_fn.distribution(Normal(loc, torch.ones_like(loc)), variates=[1])
+    torch.testing.assert_close(mapped.mean, reverse_fn(loc, variates=[1]))
+    with pytest.raises(
+        RevINError,
+        match=r"reverse_fn.distribution\(dist\): dist.batch_shape has shape \(4, 1, 12\)",
+    ):
+        reverse_fn.distribution(Normal(loc, torch.ones_like(loc)))
+
+
+def test_quantiles_keep_their_order_when_gamma_is_negative():
+    _, reverse_fn, _ = setup()
+    median = torch.randn(4, 3, 12, dtype=torch.float64)
+    q_hat = torch.stack([median - 1, median, median + 1], dim=-1)  # levels 0.1, 0.5, 0.9
+    out = reverse_fn.quantiles(q_hat)
+    assert out.shape == (4, 3, 12, 3)
+    assert (out.diff(dim=-1) >= 0).all()
+    naive = torch.stack([reverse_fn(q_hat[..., k]) for k in range(3)], dim=-1)
+    torch.testing.assert_close(out[:, [0, 2]], naive[:, [0, 2]])  # gamma > 0: unchanged
+    torch.testing.assert_close(out[:, 1], naive[:, 1].flip(-1))  # gamma < 0: reversed
+    assert (naive[:, 1].diff(dim=-1) < 0).all()
+
+
+def test_quantiles_honour_variates():
+    _, reverse_fn, _ = setup()
+    q_hat = torch.randn(4, 1, 12, 5, dtype=torch.float64).sort(-1).values
+    out = reverse_fn.quantiles(q_hat, variates=1)
+    assert (out.diff(dim=-1) >= 0).all()
+    torch.testing.assert_close(out.flip(-1)[..., 0], reverse_fn(q_hat[..., 0], variates=1))

@@ -1,0 +1,165 @@
+"""Every bad input gets a RevINError (ValueError) or RevINTypeError naming the call and shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from revin_fn import RevIN, RevINError, RevINTypeError, Statistics, reverse, revin
+
+X = torch.randn(4, 7, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"pattern": "b v"}, r'revin\(x, gamma, beta\): pattern "b v" has no time axis "t"'),
+        ({"pattern": "b t"}, r'pattern "b t" needs a tensor of 2 dimensions, got 3'),
+        ({"pattern": "b v t c"}, r"needs a tensor of 4 dimensions, got 3"),
+        ({"pattern": "... b v t c"}, r"at least 4 dimensions, got 3"),
+        ({"pattern": "b (v t)"}, r"groups axes with parentheses"),
+        ({"pattern": "b t t"}, r"not a valid einops pattern"),
+        ({"pattern": 3}, r"pattern must be a string"),
+        (
+            {"eps_mode": "sqrt"},
+            r"eps_mode must be one of \('clamp', 'add', 'add_std'\), got 'sqrt'",
+        ),
+        ({"method": "median"}, r"method must be one of .* got 'median'"),
+        ({"eps": 0.0}, r"eps must be a positive number, got 0.0"),
+        ({"eps": -1e-5}, r"eps must be a positive number"),
+        ({"causal": True, "method": "robust"}, r"causal=True supports method in"),
+        ({"causal": True, "subtract_last": True}, r"choose one"),
+        ({"mask": "zero"}, r'mask must be a bool tensor or the string "nan", got \'zero\''),
+        (
+            {"mask": torch.ones(4, 7, 5, dtype=torch.bool)},
+            r"mask has shape \(4, 7, 5\).*\(4, 7, 32\)",
+        ),
+    ],
+)
+def test_bad_options_raise_value_errors_naming_the_call(kwargs, message):
+    with pytest.raises(RevINError, match=message) as info:
+        revin(X, **kwargs)
+    assert isinstance(info.value, ValueError)
+    assert str(info.value).startswith("revin(x, gamma, beta): ")
+
+
+def test_gamma_with_the_wrong_variate_count():
+    message = (
+        r"revin\(x, gamma, beta\): gamma has shape \(5,\), expected \(7,\) or \(7, 1\) "
+        r'for x of shape \(4, 7, 32\) with pattern "b v t"'
+    )
+    with pytest.raises(RevINError, match=message):
+        revin(X, torch.ones(5), torch.zeros(5))
+    with pytest.raises(RevINError, match=r"beta has shape \(1, 7\)"):
+        revin(X, torch.ones(7), torch.zeros(1, 7))
+
+
+def test_affine_needs_a_variate_axis():
+    with pytest.raises(
+        RevINError, match=r'gamma needs a variate axis "v" in the pattern, got pattern "b c t"'
+    ):
+        revin(X, torch.ones(7), torch.zeros(7), pattern="b c t")
+
+
+def test_empty_time_axis():
+    with pytest.raises(RevINError, match=r'x has shape \(4, 7, 0\): the time axis "t" is empty'):
+        revin(torch.randn(4, 7, 0))
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.arange(12).view(1, 3, 4), torch.ones(2, 2, 2, dtype=torch.bool)]
+)
+def test_non_floating_input_is_a_type_error(bad):
+    with pytest.raises(
+        RevINTypeError, match=r"x must be a floating-point tensor, got dtype torch\.(int64|bool)"
+    ):
+        revin(bad)
+    with pytest.raises(TypeError):
+        revin(bad)
+
+
+def test_non_tensor_input_is_a_type_error():
+    with pytest.raises(RevINTypeError, match=r"x must be a torch\.Tensor, got list"):
+        revin([[1.0, 2.0]])
+    with pytest.raises(RevINTypeError, match="gamma must be a floating-point tensor"):
+        revin(X, torch.ones(7, dtype=torch.long))
+    with pytest.raises(RevINTypeError, match=r"mask must be a bool tensor .* got torch.float32"):
+        revin(X, mask=torch.ones(4, 7, 32))
+
+
+def test_one_target_forecast_is_never_broadcast_silently():
+    _, reverse_fn = revin(X)
+    message = (
+        r"reverse_fn\(y_hat\): y_hat has shape \(4, 1, 24\), expected \(4, 7, T\) \(any T\) to "
+        r'match the statistics of shape \(4, 7, 1\) with pattern "b v t"; pass variates='
+    )
+    with pytest.raises(RevINError, match=message):
+        reverse_fn(torch.zeros(4, 1, 24))
+    assert reverse_fn(torch.zeros(4, 1, 24), variates=[6]).shape == (4, 1, 24)
+
+
+@pytest.mark.parametrize(
+    "y_hat, message",
+    [
+        (torch.zeros(3, 7, 24), r"y_hat has shape \(3, 7, 24\), expected \(4, 7, T\)"),
+        (torch.zeros(4, 7), r"y_hat has shape \(4, 7\) \(2 dimensions\), expected 3 dimensions"),
+        (torch.zeros(1, 7, 24), r"y_hat has shape \(1, 7, 24\)"),
+        (torch.zeros(4, 7, 24, dtype=torch.int32), r"y_hat must be a floating-point tensor"),
+    ],
+)
+def test_reverse_fn_checks_what_it_is_given(y_hat, message):
+    _, reverse_fn = revin(X)
+    with pytest.raises(RevINError, match=message):
+        reverse_fn(y_hat)
+
+
+@pytest.mark.parametrize(
+    "variates, message",
+    [
+        (7, r"variates=7 is out of range for 7 variates"),
+        ([0, 9], r"variates=\[0, 9\] is out of range for 7 variates"),
+        ([True, False], r"a bool variates mask needs shape \(7,\), got \(2,\)"),
+        ([0.5], r"variates must be an int, a list of ints, a slice or a bool mask"),
+    ],
+)
+def test_bad_variates_selection(variates, message):
+    _, reverse_fn = revin(X)
+    with pytest.raises(RevINError, match=message):
+        reverse_fn(torch.zeros(4, 1, 3), variates=variates)
+
+
+def test_variates_selection_with_the_wrong_count():
+    _, reverse_fn = revin(X)
+    with pytest.raises(RevINError, match=r"expected \(4, 2, T\)"):
+        reverse_fn(torch.zeros(4, 1, 3), variates=[0, 1])
+
+
+def test_variates_needs_a_variate_axis():
+    _, reverse_fn = revin(torch.randn(4, 32), pattern="b t")
+    with pytest.raises(
+        RevINError, match=r'variates= needs a variate axis "v" in the pattern "b t"'
+    ):
+        reverse_fn(torch.zeros(4, 3), variates=0)
+
+
+def test_reverse_checks_the_statistics():
+    _, _, stats = revin(X, return_statistics=True)
+    with pytest.raises(RevINError, match=r"reverse\(y_hat, stats\): stats.variance has shape"):
+        reverse(torch.zeros(4, 7, 3), Statistics(stats.mean, stats.variance[:2], None, None))
+    with pytest.raises(RevINError, match=r"stats.gamma has shape \(3,\), expected \(7,\)"):
+        reverse(torch.zeros(4, 7, 3), Statistics(stats.mean, stats.variance, torch.ones(3), None))
+    with pytest.raises(RevINError, match=r"eps_mode must be one of"):
+        reverse(torch.zeros(4, 7, 3), stats, eps_mode="max")
+
+
+def test_module_constructor_errors():
+    with pytest.raises(
+        RevINError, match=r"RevIN\(num_variates=None\): affine=True needs num_variates >= 1"
+    ):
+        RevIN()
+    with pytest.raises(RevINError, match=r"RevIN\(num_variates=7\): eps_mode must be one of"):
+        RevIN(7, eps_mode="mul")
+    with pytest.raises(
+        RevINError, match=r"revin\(x, gamma, beta\): gamma has shape \(7,\), expected \(5,\)"
+    ):
+        RevIN(7, pattern="b t v")(torch.randn(2, 10, 5))

@@ -1,0 +1,163 @@
+"""RevIN module: parameters, options, ablation switch, statelessness, replication, compile."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+import torch
+from _helpers import assert_round_trip
+
+from revin_fn import RevIN, Statistics, revin
+
+
+def test_parameters_and_forward_is_one_call_to_revin():
+    norm = RevIN(num_variates=7, pattern="b t v", eps_mode="add", subtract_last=True)
+    assert norm.gamma.shape == norm.beta.shape == (7,)
+    assert torch.equal(norm.gamma, torch.ones(7)) and torch.equal(norm.beta, torch.zeros(7))
+    with torch.no_grad():
+        norm.gamma.uniform_(-2, 2)
+        norm.beta.normal_()
+    x = torch.randn(4, 48, 7) * 3 + 1
+    y, reverse_fn, stats = norm(x, return_statistics=True)
+    expected, _, expected_stats = revin(
+        x,
+        norm.gamma,
+        norm.beta,
+        pattern="b t v",
+        eps_mode="add",
+        subtract_last=True,
+        return_statistics=True,
+    )
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(stats.mean, expected_stats.mean)
+    assert stats.gamma is norm.gamma
+    assert_round_trip(x, y, reverse_fn)
+    norm.reset_parameters()
+    assert torch.equal(norm.gamma, torch.ones(7))
+
+
+def test_no_affine_registers_no_parameters():
+    norm = RevIN(affine=False)
+    assert norm.gamma is None and norm.beta is None and list(norm.parameters()) == []
+    _y, _reverse_fn, stats = norm(torch.randn(2, 3, 10), return_statistics=True)
+    assert stats.gamma is None and stats.beta is None
+
+
+def test_no_statistics_are_kept_on_the_module():
+    norm = RevIN(3)
+    attributes = dict(vars(norm))
+    before = {name: value.clone() for name, value in norm.state_dict().items()}
+    norm(torch.randn(2, 3, 10) * 100)
+    after = norm.state_dict()
+    assert before.keys() == after.keys() == {"gamma", "beta"}
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert vars(norm).keys() == attributes.keys()
+    assert all(vars(norm)[name] is value for name, value in attributes.items())
+    assert dict(norm.named_buffers()) == {}
+
+
+def test_overlapping_calls_reverse_independently():
+    norm = RevIN(3)
+    a, b = torch.randn(2, 3, 10) + 50, torch.randn(2, 3, 10) * 9 - 4
+    ya, reverse_a = norm(a)
+    yb, reverse_b = norm(b)
+    torch.testing.assert_close(reverse_a(ya), a)
+    torch.testing.assert_close(reverse_b(yb), b)
+
+
+def test_threads_and_replicas_share_nothing_per_call():
+    norm = RevIN(3)
+    replicas = [norm, copy.deepcopy(norm)]
+    inputs = [torch.randn(2, 3, 40) * (i + 1) + 10 * i for i in range(8)]
+    errors: list[float] = []
+
+    def work(i: int) -> None:
+        y, reverse_fn = replicas[i % 2](inputs[i])
+        errors.append(float((reverse_fn(y) - inputs[i]).abs().max()))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 8 and max(errors) < 1e-4
+
+
+def test_non_norm_is_the_identity_at_the_same_call_sites():
+    norm = RevIN(7, pattern="b t v", non_norm=True)
+    x = torch.randn(4, 48, 7) * 3 + 100
+    y, reverse_fn, stats = norm(x, return_statistics=True)
+    assert y is x
+    forecast = torch.randn(4, 24, 7)
+    assert torch.equal(reverse_fn(forecast), forecast)
+    assert torch.equal(reverse_fn(forecast[..., :1], variates=[6]), forecast[..., :1])
+    assert torch.equal(norm.reverse(forecast, stats), forecast)
+    assert isinstance(stats, Statistics) and stats.gamma is None
+    with pytest.raises(ValueError, match=r"expected \(4, T, 7\)"):
+        reverse_fn(torch.randn(4, 24, 1))
+    assert "non_norm=True" in repr(norm)
+
+
+def test_module_reverse_uses_the_module_options():
+    norm = RevIN(3, eps_mode="add", eps=1e-1, pattern="b t v")
+    x = torch.randn(2, 30, 3) * 0.2
+    y, reverse_fn, stats = norm(x, return_statistics=True)
+    torch.testing.assert_close(norm.reverse(y, stats), reverse_fn(y))
+    torch.testing.assert_close(norm.reverse(y[..., :1], stats, variates=0), reverse_fn(y)[..., :1])
+
+
+def test_extra_repr_lists_the_options_that_differ():
+    text = repr(RevIN(7, eps_mode="add", detach=True, pattern="b t v"))
+    assert text == "RevIN(7, affine=True, pattern='b t v', eps_mode='add', detach=True)"
+
+
+def test_parameters_follow_device_and_dtype():
+    norm = RevIN(5, dtype=torch.float64)
+    assert norm.gamma.dtype == torch.float64
+    x = torch.randn(2, 5, 10, dtype=torch.float64)
+    y, _ = norm(x)
+    assert y.dtype == torch.float64
+
+
+def test_gamma_and_beta_learn():
+    torch.manual_seed(0)
+    norm = RevIN(2)
+    optimizer = torch.optim.SGD(norm.parameters(), lr=0.1)
+    x = torch.randn(8, 2, 16)
+    for _ in range(5):
+        y, _ = norm(x)
+        loss = (y - 3.0).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert (norm.beta > 0.5).all()
+
+
+class Forecaster(torch.nn.Module):
+    """A one-target linear forecaster: the kind of model revin_fn is a one-line drop-in for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = RevIN(7, pattern="b t v")
+        self.linear = torch.nn.Linear(96, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, reverse_fn = self.norm(x)
+        out = self.linear(y.transpose(1, 2)).transpose(1, 2)
+        return reverse_fn(out[..., 6:], variates=[6]) + reverse_fn(out, shift=False)[..., 6:]
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph_matches_eager(backend):
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = Forecaster()
+    x = torch.randn(8, 96, 7) * 3 + 10
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    expected = model(x)
+    torch.testing.assert_close(compiled(x), expected)
+    x.requires_grad_(True)
+    compiled(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
