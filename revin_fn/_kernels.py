@@ -1,13 +1,15 @@
 """The fast path of ``_core.normalize``: one native group-norm pass, checked per instance.
 
-For ``method="std"`` without mask, causal statistics or ``subtract_last``, every instance is
-normalized by ``torch.native_group_norm`` over rows of shape ``(instances, time)``: one read
-and one write of ``x`` that also yields each row's mean and ``1 / std``. Instances where that
-kernel's single-pass float moments could miss the careful path's accuracy (an offset above
-``OFFSET_LIMIT`` standard deviations, a variance below ``eps``, non-finite values) are
-recomputed by ``_core.normalize_careful`` and copied back, so results equal the careful path within
-float rounding while the common case pays nothing extra. Under ``torch.compile`` the careful
-path runs instead: inductor fuses it, and the per-instance branch would break the graph.
+For ``method="std"`` (eps_mode ``"clamp"`` or ``"add"``) without mask, causal statistics or
+``subtract_last``, every instance is normalized by ``torch.native_group_norm`` over rows of
+shape ``(instances, time)``: one read and one write of ``x`` that also yields each row's mean
+and ``1 / std``. The kernel writes ``x * a + c``, which rounds at the size of the offset, so
+an instance whose ``|mean| / std * max(|gamma'|, 1)`` exceeds ``OFFSET_LIMIT`` is normalized
+again after subtracting that mean (a second pass on those rows only); an instance with a variance
+below ``eps`` or non-finite values is recomputed by ``_core.normalize_careful``. Results equal
+the careful path within float rounding and the common case pays one pass. Under
+``torch.compile`` the careful path runs instead: inductor fuses it, and the per-instance
+branch would break the graph.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from ._patterns import Layout
 if TYPE_CHECKING:  # _core imports this module: use its names through the module at run time
     from ._core import Frame, Options
 
-# |mean| / std above which an instance is recomputed by the careful path. The kernel's fused
-# output ``x * a + c`` rounds at the size of ``|mean| / std``: measured against float64 its
-# extra error is about 2e-7 * |mean| / std in normalized units (float32), so this limit keeps
-# it near 3e-6, inside the 1e-5 the careful path guarantees (tests/test_fast_path.py).
-OFFSET_LIMIT = 16.0
+# Largest |mean| / std * max(|gamma'|, 1) normalized in a single pass. The fused output
+# x * a + c adds about 2 * 6e-8 * |mean| * |gamma'| / std (float32) to the careful path's
+# rounding, and the kernel's variance loses about 1e-7 * |mean| / std relative; at this limit
+# the worst output error against float64 measured on ordinary data stays below 1e-6 (the
+# parity the reference-formula tests ask for); larger offsets take the shifted second pass.
+OFFSET_LIMIT = 3.0
 ROWS = Layout("n t", 2, ("n", "t"), 1, None)  # the (instances, time) view the kernel works on
 
 
@@ -172,23 +175,21 @@ def try_normalize(
     # clamp: std = sqrt(var) once var >= eps is checked; a floor far below eps keeps a zero
     # variance from making rstd infinite (and the gradients NaN) before it is redone below.
     floor = max(eps * 2.0**-60, torch.finfo(sdtype).tiny) if clamp else eps
-    if _needs_grad(rows, weight, bias):
-        y, mean, rstd = _RowNorm.apply(  # type: ignore[no-untyped-call]
-            rows, weight, bias, channels, floor, options.detach
-        )
-    else:
-        y, mean, rstd = _group_norm(rows, weight, bias, channels, floor)
-    mean, rstd = mean.view(stats_shape), rstd.view(stats_shape)
+    y, mean, rstd = _norm(rows, weight, bias, channels, floor, options.detach)
     # var >= eps  <=>  rstd <= 1 / sqrt(eps) (clamp) or 1 / sqrt(2 eps) (add)
     rstd_limit = (eps if clamp else 2 * eps) ** -0.5
     with torch.no_grad():
-        ratio = (mean * rstd).abs()
+        ratio = _offset_ratio(mean, rstd, weight)
         fine = ratio.max().item() <= OFFSET_LIMIT and rstd.max().item() <= rstd_limit
+    mean, rstd = mean.view(stats_shape), rstd.view(stats_shape)
     scale = rstd.reciprocal()
     variance = scale.square() if clamp else scale.square() - eps
     if not fine:
+        with torch.no_grad():
+            flagged = ~((ratio <= OFFSET_LIMIT) & (rstd.view_as(ratio) <= rstd_limit))
+            redo = flagged.view(-1).nonzero().view(-1)
         y, mean, variance, scale = _redo(
-            rows, y, (mean, variance, scale), ratio, rstd, rstd_limit, weight, bias, options
+            rows, y, (mean, variance, scale), redo, weight, bias, floor, rstd_limit, options
         )
     if inner != 1:  # a transposed view of the row-major result: right shape and values
         y = y.view(-1, inner, length).transpose(1, 2)
@@ -196,35 +197,81 @@ def try_normalize(
     return y.view(shape).to(x.dtype), frame
 
 
+def _offset_ratio(mean: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
+    """``|mean| / std * max(|gamma'|, 1)`` per row: the kernel's moments lose accuracy with
+    ``|mean| / std``, its fused output with ``|mean| * |gamma'| / std``."""
+    ratio = (mean * rstd).abs()
+    return ratio if weight is None else ratio * weight.abs().clamp(min=1)
+
+
+def _norm(
+    rows: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    channels: int,
+    floor: float,
+    detach: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    if _needs_grad(rows, weight, bias):
+        return _RowNorm.apply(  # type: ignore[no-untyped-call,no-any-return]
+            rows, weight, bias, channels, floor, detach
+        )
+    return _group_norm(rows, weight, bias, channels, floor)
+
+
 def _redo(
     rows: Tensor,
     y: Tensor,
     stats: tuple[Tensor, Tensor, Tensor],
-    ratio: Tensor,
-    rstd: Tensor,
-    rstd_limit: float,
+    redo: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
+    floor: float,
+    rstd_limit: float,
     options: Options,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Recompute the flagged rows with the careful math; copy them into y and the statistics."""
-    with torch.no_grad():
-        flagged = ~((ratio <= OFFSET_LIMIT) & (rstd <= rstd_limit))
-        redo = flagged.view(-1).nonzero().view(-1)
-    length = rows.shape[-1]
-    flat_rows, flat_y = rows.view(-1, length), y.view(-1, length)
+    """Normalize the rows ``redo`` again, accurately; copy them into y and the statistics.
+
+    They are shifted by their first-pass mean and normalized by the kernel again; where that
+    is still not fine (variance below eps, non-finite values) by the careful math instead.
+    """
+    count, length = rows.shape
     part_weight, part_bias = (
-        None if value is None else value.repeat(flat_rows.shape[0] // value.numel())[redo, None]
+        None if value is None else value.repeat(count // value.numel()).index_select(0, redo)
         for value in (weight, bias)
     )
-    part_y, frame = _core.normalize_careful(
-        flat_rows.index_select(0, redo), ROWS, part_weight, part_bias, None, options
-    )
-    part_variance = frame.variance.view(-1)
-    part_scale = _core.scale_from_variance(part_variance, options.eps, options.eps_mode)
-    flat_y = flat_y.index_copy(0, redo, part_y)
+    part = rows.index_select(0, redo)
+    shift = stats[0].detach().reshape(-1, 1).index_select(0, redo)
+    clamp = options.eps_mode == "clamp"
+    with torch.no_grad():
+        shiftable = bool(shift.isfinite().all())
+    fine = False
+    if shiftable:
+        part_y, part_mean, part_rstd = _norm(
+            part - shift, part_weight, part_bias, redo.numel(), floor, options.detach
+        )
+        with torch.no_grad():
+            fine = (
+                _offset_ratio(part_mean, part_rstd, part_weight).max().item() <= OFFSET_LIMIT
+                and part_rstd.max().item() <= rstd_limit
+            )
+    if fine:
+        part_loc = shift.view(-1) + part_mean.view(-1)
+        part_scale = part_rstd.view(-1).reciprocal()
+        part_variance = part_scale.square() if clamp else part_scale.square() - options.eps
+    else:
+        part_y, frame = _core.normalize_careful(
+            part,
+            ROWS,
+            None if part_weight is None else part_weight.unsqueeze(1),
+            None if part_bias is None else part_bias.unsqueeze(1),
+            None,
+            options,
+        )
+        part_loc, part_variance = frame.loc.view(-1), frame.variance.view(-1)
+        part_scale = _core.scale_from_variance(part_variance, options.eps, options.eps_mode)
     merged = (
         value.reshape(-1).index_copy(0, redo, part).view_as(value)
-        for value, part in zip(stats, (frame.loc.view(-1), part_variance, part_scale), strict=True)
+        for value, part in zip(stats, (part_loc, part_variance, part_scale), strict=True)
     )
-    return (flat_y.view_as(y), *merged)  # type: ignore[return-value]
+    return (y.index_copy(0, redo, part_y.view(-1, length)), *merged)  # type: ignore[return-value]

@@ -38,4 +38,4 @@ def test_quick_benchmark_runs_and_matches_the_reference_formulas(
         tolerance = 1e-5 if row["dtype"] == "float32" else 5e-2
         assert all(value <= tolerance for value in row["match"].values()), row["match"]
         if row["dtype"] == "float32":  # x and the reverse's input, plus statistics that
-            assert row["saved_inputs"]["revin_fn"] <= 2.5  # weigh a little at tiny shapes
+            assert row["saved_inputs"]["revin_fn"] <= 3.0  # weigh a little at tiny shapes
