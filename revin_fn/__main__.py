@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", metavar="COLUMN", help="column to report and plot (OT)")
     parser.add_argument("--lookback", type=int, default=336, help="input length (336)")
     parser.add_argument("--horizon", type=int, default=96, help="forecast length (96)")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs (10)")
+    parser.add_argument(
+        "--epochs", type=int, default=15, help="training epochs (15, as the RLinear reference)"
+    )
     parser.add_argument("--seed", type=int, default=2021, help="random seed (2021)")
     parser.add_argument("--plot", metavar="PNG", help="write a figure to this file")
     return parser
