@@ -113,3 +113,20 @@ def test_user_csv_split_is_60_20_20(tmp_path):
     csv_path = tmp_path / "mine.csv"
     write_sine_csv(csv_path, rows=1000)
     assert split_borders(load_csv(csv_path)) == (600, 800, 1000)
+
+
+def test_plot_without_matplotlib_is_a_one_line_error(tmp_path):
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from revin_fn.__main__ import main\n"
+        f"main(['--plot', {str(tmp_path / 'x.png')!r}])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "revin-fn: error: plotting needs matplotlib: pip install matplotlib "
+        "(or the revin-fn[demo] extra)"
+    ]
