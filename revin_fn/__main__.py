@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import torch
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(name: str) -> object:
+def _progress(name: str) -> Callable[[str], None]:
     def log(line: str) -> None:
         print(f"  [{name}] {line}", file=sys.stderr, flush=True)
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
     for name, normalize in (("Linear", False), ("RLinear (revin_fn)", True)):
         print(f"training {name} for {config.epochs} epochs ...", file=sys.stderr, flush=True)
         model = build(data, normalize=normalize, seed=args.seed)
-        fit = train(model, data, config, log=_progress(name))  # type: ignore[arg-type]
+        fit = train(model, data, config, log=_progress(name))
         models[name] = model
         results.append((name, evaluate(model, data.test, data.scaler, target), fit))
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
     if args.plot:
         from .plots import forecast_figure, save_figure
 
-        save_figure(forecast_figure(data, models, target), args.plot)  # type: ignore[arg-type]
+        save_figure(forecast_figure(data, models, target), args.plot)
         print(f"\nfigure written to {args.plot}")
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
 

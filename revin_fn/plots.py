@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from . import RevINError
@@ -26,7 +28,7 @@ def pyplot() -> Any:
 
 
 def forecast_figure(
-    data: Data, models: dict[str, nn.Module], target: int, window: int | None = None
+    data: Data, models: Mapping[str, nn.Module], target: int, window: int | None = None
 ) -> Any:
     """Two panels: one test forecast vs truth (data units) and per-window mean/std over time."""
     plt = pyplot()
@@ -83,8 +85,6 @@ def save_figure(figure: Any, path: str | Path) -> None:
 
 
 def _one(index: int) -> Tensor:
-    import torch
-
     return torch.tensor([index])
 
 
