@@ -15,11 +15,21 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["revin_fn", "revin_fn.*"]),
-    package_data={"revin_fn": ["py.typed"]},
+    package_data={"revin_fn": ["py.typed", "data/ETTh1.csv", "data/ETTh2.csv", "data/NOTICE.md"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "einops>=0.7"],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "mypy>=1.10"],
+        "demo": ["matplotlib>=3.7"],
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "matplotlib>=3.7",
+            "nbclient>=0.9",
+            "nbformat>=5.9",
+            "ipykernel>=6.25",
+        ],
     },
     entry_points={"console_scripts": ["revin-fn=revin_fn.__main__:main"]},
     classifiers=[

@@ -42,6 +42,10 @@ class Statistics(NamedTuple):
     beta: Tensor | None
 
 
+# a saved Statistics loads with torch.load's default weights_only=True
+torch.serialization.add_safe_globals([Statistics])
+
+
 def _check_tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +116,9 @@ class RevIN(nn.Module):
             return_statistics=return_statistics,
             **self.options._asdict(),
         )
+
+    if TYPE_CHECKING:  # calling the module is calling forward, with its types
+        __call__ = forward
 
     def reverse(
         self,
