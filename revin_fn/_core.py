@@ -73,8 +73,7 @@ def scale_from_variance(variance: Tensor, eps: float, eps_mode: str) -> Tensor:
 
 def guard_gamma(gamma: Tensor, eps: float) -> Tensor:
     """``sign(gamma) * max(|gamma|, eps)`` where ``sign(0) = +1``, so it never divides by zero."""
-    magnitude = gamma.abs().clamp(min=eps)
-    return torch.where(gamma < 0, -magnitude, magnitude)
+    return torch.where(gamma < 0, gamma.clamp(max=-eps), gamma.clamp(min=eps))
 
 
 class Frame(NamedTuple):
@@ -101,7 +100,7 @@ def make_frame(
     beta: Tensor | None,
 ) -> Frame:
     gain = scale if gamma is None else scale / gamma
-    offset = loc if beta is None else loc - beta * gain
+    offset = loc if beta is None else torch.addcmul(loc, beta, gain, value=-1)
     return Frame(layout, loc, variance, gain, offset)
 
 

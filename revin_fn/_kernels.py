@@ -5,8 +5,9 @@ For ``method="std"`` (eps_mode ``"clamp"`` or ``"add"``) without mask, causal st
 shape ``(instances, time)``: one read and one write of ``x`` that also yields each row's mean
 and ``1 / std``. The kernel writes ``x * a + c``, which rounds at the size of the offset, so
 an instance whose ``|mean| / std * max(|gamma'|, 1)`` exceeds ``OFFSET_LIMIT`` is normalized
-again after subtracting that mean (a second pass on those rows only); an instance with a variance
-below ``eps`` or non-finite values is recomputed by ``_core.normalize_careful``. Results equal
+again after subtracting that mean (a second pass on those rows, or on every row when more than
+``GATHER_SHARE`` of them are flagged); an instance with a variance below ``eps`` or non-finite
+values is recomputed by ``_core.normalize_careful``. Results equal
 the careful path within float rounding and the common case pays one pass. Under
 ``torch.compile`` the careful path runs instead: inductor fuses it, and the per-instance
 branch would break the graph.
@@ -14,6 +15,7 @@ branch would break the graph.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +30,12 @@ if TYPE_CHECKING:  # _core imports this module: use its names through the module
     from ._core import Frame, Options
 
 # Largest |mean| / std * max(|gamma'|, 1) normalized in a single pass. The fused output
-# x * a + c adds about 2 * 6e-8 * |mean| * |gamma'| / std (float32) to the careful path's
-# rounding, and the kernel's variance loses about 1e-7 * |mean| / std relative; at this limit
-# the worst output error against float64 measured on ordinary data stays below 1e-6 (the
-# parity the reference-formula tests ask for); larger offsets take the shifted second pass.
-OFFSET_LIMIT = 3.0
+# x * a + c rounds at the size of the offset: against float64 the single pass is off by about
+# 5e-6 at 30 (measured on T = 96, 336, 720, gamma' 1.2: 5.8e-6 / 6.8e-6 / 5.7e-6) and 2e-5 at
+# 100, so 32 keeps the 1e-5 guarantee with room to spare. Rows above it get a shifted pass.
+OFFSET_LIMIT = 32.0
+# Above this share of flagged rows, a second pass over every row beats gathering the flagged ones.
+GATHER_SHARE = 0.25
 ROWS = Layout("n t", 2, ("n", "t"), 1, None)  # the (instances, time) view the kernel works on
 
 
@@ -175,33 +178,66 @@ def try_normalize(
     # clamp: std = sqrt(var) once var >= eps is checked; a floor far below eps keeps a zero
     # variance from making rstd infinite (and the gradients NaN) before it is redone below.
     floor = max(eps * 2.0**-60, torch.finfo(sdtype).tiny) if clamp else eps
-    y, mean, rstd = _norm(rows, weight, bias, channels, floor, options.detach)
     # var >= eps  <=>  rstd <= 1 / sqrt(eps) (clamp) or 1 / sqrt(2 eps) (add)
     rstd_limit = (eps if clamp else 2 * eps) ** -0.5
-    with torch.no_grad():
-        ratio = _offset_ratio(mean, rstd, weight)
-        fine = ratio.max().item() <= OFFSET_LIMIT and rstd.max().item() <= rstd_limit
-    mean, rstd = mean.view(stats_shape), rstd.view(stats_shape)
-    scale = rstd.reciprocal()
-    variance = scale.square() if clamp else scale.square() - eps
-    if not fine:
-        with torch.no_grad():
-            flagged = ~((ratio <= OFFSET_LIMIT) & (rstd.view_as(ratio) <= rstd_limit))
-            redo = flagged.view(-1).nonzero().view(-1)
-        y, mean, variance, scale = _redo(
-            rows, y, (mean, variance, scale), redo, weight, bias, floor, rstd_limit, options
-        )
+    kernel = functools.partial(
+        _pass, rows, weight, bias, channels, floor, rstd_limit, stats_shape, options
+    )
+    y, stats, flagged, count_flagged = kernel(None)
+    if count_flagged > GATHER_SHARE * count and bool(stats[0].isfinite().all()):
+        # real data often sits far from 0: shift every row by its first-pass mean, once more
+        del y  # free the first output before the second is allocated
+        y, stats, flagged, count_flagged = kernel(stats[0].detach())
+    if flagged is not None and count_flagged:
+        y, stats = _redo(rows, y, stats, flagged.nonzero().view(-1), weight, bias, floor,
+                         rstd_limit, options)  # fmt: skip
+    mean, variance, scale = stats
     if inner != 1:  # a transposed view of the row-major result: right shape and values
         y = y.view(-1, inner, length).transpose(1, 2)
     frame = _core.make_frame(layout, mean, variance, scale, gamma, beta)
     return y.view(shape).to(x.dtype), frame
 
 
-def _offset_ratio(mean: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
-    """``|mean| / std * max(|gamma'|, 1)`` per row: the kernel's moments lose accuracy with
-    ``|mean| / std``, its fused output with ``|mean| * |gamma'| / std``."""
-    ratio = (mean * rstd).abs()
-    return ratio if weight is None else ratio * weight.abs().clamp(min=1)
+def _pass(
+    rows: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    channels: int,
+    floor: float,
+    rstd_limit: float,
+    stats_shape: tuple[int, ...],
+    options: Options,
+    shift: Tensor | None,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None, int]:
+    """One kernel pass over ``rows - shift``: output, (loc, variance, scale), flagged rows.
+
+    A row is flagged when the pass cannot vouch for it: an offset above ``OFFSET_LIMIT`` or
+    a variance below eps (``rstd`` above ``rstd_limit``), NaN included.
+    """
+    source = rows if shift is None else rows - shift.reshape(-1, 1)
+    y, mean, rstd = _norm(source, weight, bias, channels, floor, options.detach)
+    with torch.no_grad():
+        score = _scores(mean, rstd, weight, rstd_limit).view(-1)
+        fine = float(score.amax()) <= 1  # False for NaN too
+        flagged = None if fine else ~(score <= 1)
+        count_flagged = 0 if flagged is None else int(flagged.sum())
+    loc = mean.view(stats_shape) if shift is None else shift + mean.view(stats_shape)
+    scale = rstd.view(stats_shape).reciprocal()
+    variance = scale.square() if options.eps_mode == "clamp" else scale.square() - options.eps
+    return y, (loc, variance, scale), flagged, count_flagged
+
+
+def _scores(mean: Tensor, rstd: Tensor, weight: Tensor | None, rstd_limit: float) -> Tensor:
+    """Per row, above 1 where one pass cannot vouch for the result (NaN where it is NaN).
+
+    The larger of ``|mean| / std * max(|gamma'|, 1) / OFFSET_LIMIT`` (the kernel's moments lose
+    accuracy with ``|mean| / std``, its fused output with ``|mean| * |gamma'| / std``) and
+    ``rstd / rstd_limit`` (a variance below eps).
+    """
+    offset = (mean * rstd).abs_()
+    if weight is not None:
+        offset.mul_(weight.abs().clamp_(min=1))
+    return torch.maximum(offset.mul_(1 / OFFSET_LIMIT), rstd * (1 / rstd_limit))
 
 
 def _norm(
@@ -229,7 +265,7 @@ def _redo(
     floor: float,
     rstd_limit: float,
     options: Options,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
     """Normalize the rows ``redo`` again, accurately; copy them into y and the statistics.
 
     They are shifted by their first-pass mean and normalized by the kernel again; where that
@@ -251,10 +287,7 @@ def _redo(
             part - shift, part_weight, part_bias, redo.numel(), floor, options.detach
         )
         with torch.no_grad():
-            fine = (
-                _offset_ratio(part_mean, part_rstd, part_weight).max().item() <= OFFSET_LIMIT
-                and part_rstd.max().item() <= rstd_limit
-            )
+            fine = float(_scores(part_mean, part_rstd, part_weight, rstd_limit).amax()) <= 1
     if fine:
         part_loc = shift.view(-1) + part_mean.view(-1)
         part_scale = part_rstd.view(-1).reciprocal()
@@ -274,4 +307,4 @@ def _redo(
         value.reshape(-1).index_copy(0, redo, part).view_as(value)
         for value, part in zip(stats, (part_loc, part_variance, part_scale), strict=True)
     )
-    return (y.index_copy(0, redo, part_y.view(-1, length)), *merged)  # type: ignore[return-value]
+    return y.index_copy(0, redo, part_y.view(-1, length)), tuple(merged)  # type: ignore[return-value]

@@ -74,6 +74,13 @@ def ordinary(*shape, dtype=torch.float32, seed=0):
     )
 
 
+# Normalized outputs against the formula's exact (float64) value. Float64 input: 1e-6. Float32
+# input with offsets of up to ~20 std (``ordinary``): the published formula evaluated in float32
+# is itself 1.1e-6 away from its exact value here, so the bound is the library's float32
+# guarantee, 1e-5 against float64 (the fast path's single pass rounds at the offset's size).
+PARITY = {torch.float64: 1e-6, torch.float32: 1e-5}
+
+
 def wide(t):
     """The reference is the formula's exact value: evaluated in float64 on the same input."""
     return None if t is None else t.detach().double()
@@ -107,7 +114,7 @@ def test_revin_matches_original(affine, subtract_last, dtype):
     w, b = wide(layer.affine_weight), wide(layer.affine_bias)
     y_ref, center, std = original_norm(wide(x), w, b, subtract_last=subtract_last)
     y = layer(x, mode="norm")
-    torch.testing.assert_close(wide(y), y_ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(wide(y), y_ref, atol=PARITY[dtype], rtol=0)
     y_hat = torch.randn(16, 24, 7, dtype=dtype)
     x_ref = original_denorm(wide(y_hat), w, b, center, std)
     assert_close_in_data_units(layer(y_hat, mode="denorm"), x_ref, x)

@@ -202,6 +202,29 @@ def test_gradients_equal_careful_path_float32(detach: bool) -> None:
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_shifted_pass_over_every_row_matches_the_careful_path(detach: bool) -> None:
+    """Most rows far from 0 (offsets 50 to 1e3 std): one more kernel pass over all of them."""
+    torch.manual_seed(4)
+    x = torch.randn(6, 5, 48) + torch.logspace(1.7, 3, 6).view(6, 1, 1)
+    x[2, 1] = 3.0  # constant: still redone by the careful path after the shifted pass
+    gamma, beta = torch.randn(5), torch.randn(5)
+    with count_careful_rows() as rows:
+        revin(x, gamma, beta)
+    assert rows == [1]
+    weights = torch.randn(6, 5, 48)
+    results = []
+    for context in (contextlib.nullcontext(), careful_only()):
+        leaves = [t.clone().requires_grad_() for t in (x, gamma, beta)]
+        with context:
+            y, reverse_fn = revin(*leaves, detach=detach)
+            (reverse_fn(y.sin()) * weights + y * weights).sum().backward()
+        results.append([y.detach()] + [leaf.grad for leaf in leaves])
+    for got, want in zip(*results, strict=True):
+        assert got is not None and want is not None and got.isfinite().all()
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
 def saved_bytes(run: object) -> int:
     """Bytes autograd saves for backward while ``run()`` executes, each storage counted once."""
     storages: dict[int, int] = {}
