@@ -308,3 +308,38 @@ def _redo(
         for value, part in zip(stats, (part_loc, part_variance, part_scale), strict=True)
     )
     return y.index_copy(0, redo, part_y.view(-1, length)), tuple(merged)  # type: ignore[return-value]
+
+
+def scale_shift(values: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
+    """``offset + values * gain`` where gain and offset are constant along the last axis.
+
+    For contiguous input of the statistics' dtype this is one eval-mode ``batch_norm`` pass
+    over ``(1, rows, time)`` with mean 0, variance 1 and eps 0, so ``weight = gain`` and
+    ``bias = offset`` exactly: the same arithmetic as ``addcmul``, at about the speed of a copy
+    (``addcmul`` with per-row factors is about twice as slow on CPU). Otherwise ``addcmul``.
+    """
+    length = values.shape[-1]
+    rows = values.numel() // length if length else 0
+    if (
+        rows == 0
+        or gain.shape[-1] != 1
+        or offset.shape[-1] != 1
+        or not values.is_contiguous()
+        or not values.dtype == gain.dtype == offset.dtype
+        or torch.compiler.is_compiling()
+    ):
+        return torch.addcmul(offset, values, gain)
+    shape = (*values.shape[:-1], 1)
+    zeros = values.new_zeros(rows)
+    out = torch.batch_norm(
+        values.view(1, rows, length),
+        gain.expand(shape).reshape(rows),
+        offset.expand(shape).reshape(rows),
+        zeros,
+        torch.ones_like(zeros),
+        False,
+        0.0,
+        0.0,
+        False,
+    )
+    return out.view(values.shape)

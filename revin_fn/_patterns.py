@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 from einops import EinopsError
@@ -29,9 +28,22 @@ class Layout(NamedTuple):
         return tuple(shape)
 
 
-@functools.lru_cache(maxsize=256)
+_LAYOUTS: dict[tuple[str, int], Layout] = {}
+
+
 def parse(pattern: str, ndim: int) -> Layout:
-    """Resolve ``pattern`` for a tensor of rank ``ndim``; raises ValueError with a short fact."""
+    """Resolve ``pattern`` for a tensor of rank ``ndim``, once: later calls are a dict lookup.
+
+    A plain dict rather than ``functools.lru_cache``: torch.compile traces through it without
+    a warning. Raises ValueError with a short fact.
+    """
+    layout = _LAYOUTS.get((pattern, ndim)) if isinstance(pattern, str) else None
+    if layout is None:
+        layout = _LAYOUTS.setdefault((pattern, ndim), _parse(pattern, ndim))
+    return layout
+
+
+def _parse(pattern: str, ndim: int) -> Layout:
     if not isinstance(pattern, str):
         raise ValueError(f'pattern must be a string such as "b v t", got {type(pattern).__name__}')
     try:

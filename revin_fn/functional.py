@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, Union, overload
 import torch
 from torch import Tensor
 
-from . import RevINError, RevINTypeError, _core
+from . import RevINError, RevINTypeError, _core, _kernels
 from ._core import DEFAULT_EPS, Frame, Options
 from ._patterns import Layout, parse
 
@@ -203,7 +203,7 @@ def _undo(frame: Frame, y: Tensor, shift: bool, stepwise: bool | None) -> Tensor
     # the float32 statistics promote a half-precision y inside the one fused op (no upcast copy)
     if not shift:
         return (y * gain.abs()).to(y.dtype)
-    return torch.addcmul(offset, y, gain).to(y.dtype)
+    return _kernels.scale_shift(y, gain, offset).to(y.dtype)
 
 
 class ReverseFn:
