@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # _core imports this module: use its names through the module
 OFFSET_LIMIT = 32.0
 # Above this share of flagged rows, a second pass over every row beats gathering the flagged ones.
 GATHER_SHARE = 0.25
+# Below this many elements the reverse uses addcmul: batch_norm's fixed cost would dominate.
+SCALE_SHIFT_MIN = 1 << 16
 ROWS = Layout("n t", 2, ("n", "t"), 1, None)  # the (instances, time) view the kernel works on
 
 
@@ -316,12 +318,13 @@ def scale_shift(values: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
     For contiguous input of the statistics' dtype this is one eval-mode ``batch_norm`` pass
     over ``(1, rows, time)`` with mean 0, variance 1 and eps 0, so ``weight = gain`` and
     ``bias = offset`` exactly: the same arithmetic as ``addcmul``, at about the speed of a copy
-    (``addcmul`` with per-row factors is about twice as slow on CPU). Otherwise ``addcmul``.
+    (``addcmul`` with per-row factors is about twice as slow on CPU). Otherwise, and for small
+    tensors where the fixed cost of the normalization kernel dominates, ``addcmul``.
     """
     length = values.shape[-1]
     rows = values.numel() // length if length else 0
     if (
-        rows == 0
+        values.numel() < SCALE_SHIFT_MIN
         or gain.shape[-1] != 1
         or offset.shape[-1] != 1
         or not values.is_contiguous()

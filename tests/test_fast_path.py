@@ -275,3 +275,30 @@ def test_compile_fullgraph_matches_eager() -> None:
 def test_statistics_is_a_plain_namedtuple() -> None:
     _, _, stats = revin(torch.randn(2, 3, 8), return_statistics=True)
     assert type(stats) is Statistics and stats.mean.grad_fn is None
+
+
+@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
+def test_reverse_kernel_equals_addcmul_with_gradients(pattern: str, monkeypatch) -> None:
+    """The batch_norm reverse (large contiguous outputs) is addcmul's arithmetic, gradients too."""
+    torch.manual_seed(5)
+    shape = shape_for(pattern, 3, 4, 24)
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 5).requires_grad_()
+    gamma = torch.tensor([1.5, -0.5, 2.0, 0.7], dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    y_hat = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+
+    def run(x, gamma, beta, y_hat):
+        _, reverse_fn = revin(x, gamma, beta, pattern=pattern)
+        return reverse_fn(y_hat)
+
+    monkeypatch.setattr(_kernels, "SCALE_SHIFT_MIN", 0)  # every contiguous output takes it
+    fused = run(x, gamma, beta, y_hat)
+    assert torch.autograd.gradcheck(run, (x, gamma, beta, y_hat))
+    monkeypatch.setattr(_kernels, "SCALE_SHIFT_MIN", 1 << 62)
+    assert torch.equal(fused, run(x, gamma, beta, y_hat))
+    big = torch.randn(32, 64, 48)
+    _, reverse_fn = revin(big * 7 + 3, torch.rand(64) + 0.5, torch.randn(64))
+    monkeypatch.setattr(_kernels, "SCALE_SHIFT_MIN", 0)
+    torch.testing.assert_close(
+        reverse_fn(big), reverse_fn._frame.offset + big * reverse_fn._frame.gain
+    )
