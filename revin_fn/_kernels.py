@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # _core imports this module: use its names through the module
 OFFSET_LIMIT = 32.0
 # Above this share of flagged rows, a second pass over every row beats gathering the flagged ones.
 GATHER_SHARE = 0.25
+# After the shift, E[d^2] - E[d]^2 loses (|E[d]| / std)^2 * 6e-8 of the variance: up to this
+# residual offset that stays below 1e-6; beyond it (or below eps) the row takes the careful path.
+SHIFTED_LIMIT = 4.0
 # Below this many elements the reverse uses addcmul: batch_norm's fixed cost would dominate.
 SCALE_SHIFT_MIN = 1 << 16
 ROWS = Layout("n t", 2, ("n", "t"), 1, None)  # the (instances, time) view the kernel works on
@@ -188,8 +191,13 @@ def try_normalize(
     y, stats, flagged, count_flagged = kernel(None)
     if count_flagged > GATHER_SHARE * count and bool(stats[0].isfinite().all()):
         # real data often sits far from 0: shift every row by its first-pass mean, once more
-        del y  # free the first output before the second is allocated
-        y, stats, flagged, count_flagged = kernel(stats[0].detach())
+        if _needs_grad(rows, weight, bias):
+            del y  # free the first output before the second is allocated
+            y, stats, flagged, count_flagged = kernel(stats[0].detach())
+        else:
+            y, stats, flagged, count_flagged = _shifted_in_place(
+                y, rows, stats[0], weight, bias, channels, stats_shape, options
+            )
     if flagged is not None and count_flagged:
         y, stats = _redo(rows, y, stats, flagged.nonzero().view(-1), weight, bias, floor,
                          rstd_limit, options)  # fmt: skip
@@ -227,6 +235,41 @@ def _pass(
     scale = rstd.view(stats_shape).reciprocal()
     variance = scale.square() if options.eps_mode == "clamp" else scale.square() - options.eps
     return y, (loc, variance, scale), flagged, count_flagged
+
+
+def _shifted_in_place(
+    y: Tensor,
+    rows: Tensor,
+    shift: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    channels: int,
+    stats_shape: tuple[int, ...],
+    options: Options,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None, int]:
+    """The shifted second pass without gradients, in the first pass's output buffer.
+
+    ``rows - shift`` is written over ``y``; its moments come from two reductions (the residual
+    offset is a rounding error of the first pass, so ``E[d^2] - E[d]^2`` is exact to float
+    rounding), and ``y`` is scaled and shifted in place: no new input-sized buffer, which on
+    this kind of machine costs more than the arithmetic. Rows still far from 0 relative to
+    their spread (``SHIFTED_LIMIT``) or with a variance below eps are flagged for ``_redo``.
+    """
+    length = rows.shape[-1]
+    shifted = torch.sub(rows, shift.reshape(-1, 1), out=y.view_as(rows))
+    mean = shifted.sum(-1) / length
+    variance = (torch.linalg.vector_norm(shifted, dim=-1).square() / length - mean.square()).clamp(
+        min=0
+    )
+    scale = _core.scale_from_variance(variance, options.eps, options.eps_mode)
+    gain = scale.reciprocal() if weight is None else (weight / scale.view(-1, channels)).view(-1)
+    offset = -mean * gain if bias is None else (bias - (mean * gain).view(-1, channels)).view(-1)
+    shifted.mul_(gain.unsqueeze(1)).add_(offset.unsqueeze(1))
+    seen = variance >= options.eps if options.eps_mode == "clamp" else variance >= 0
+    flagged = ~(seen & (mean.abs() <= SHIFTED_LIMIT * scale))  # NaN included
+    count_flagged = int(flagged.sum())
+    stats = (shift + mean.view(stats_shape), variance.view(stats_shape), scale.view(stats_shape))
+    return y, stats, (flagged if count_flagged else None), count_flagged
 
 
 def _scores(mean: Tensor, rstd: Tensor, weight: Tensor | None, rstd_limit: float) -> Tensor:
