@@ -42,8 +42,9 @@ class Statistics(NamedTuple):
     beta: Tensor | None
 
 
-# a saved Statistics loads with torch.load's default weights_only=True
-torch.serialization.add_safe_globals([Statistics])
+# a saved Statistics loads with torch.load's default weights_only=True (torch >= 2.4)
+if hasattr(torch.serialization, "add_safe_globals"):
+    torch.serialization.add_safe_globals([Statistics])
 
 
 def _check_tensor(name: str, value: object) -> Tensor:
