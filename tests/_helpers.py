@@ -14,7 +14,8 @@ def round_trip_tolerance(
     """Elementwise bound for |reverse_fn(y) - x|: a few ulps of every term of the inverse.
 
     x_hat = offset + y * gain, so rounding is relative to |x|, |offset| and |y * gain|; the
-    precision is the coarser of x's dtype and the statistics dtype.
+    precision is the coarser of x's dtype and the statistics dtype. A subnormal y (possible in
+    float16 when gamma' is tiny) is rounded to an absolute spacing, magnified by |gain|.
     """
     frame = reverse_fn._frame
     eps = max(torch.finfo(x.dtype).eps, torch.finfo(frame.gain.dtype).eps)
@@ -22,7 +23,9 @@ def round_trip_tolerance(
         x.abs().double() + frame.offset.abs().double() + (y.double() * frame.gain.double()).abs()
     )
     terms = terms + frame.loc.abs().double()
-    return factor * eps * terms + torch.finfo(x.dtype).tiny
+    # y itself is rounded in x's dtype: below the smallest normal number, to a fixed spacing
+    spacing = torch.finfo(x.dtype).tiny * torch.finfo(x.dtype).eps
+    return factor * (eps * terms + spacing * frame.gain.abs().double()) + torch.finfo(x.dtype).tiny
 
 
 def assert_round_trip(
