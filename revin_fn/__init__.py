@@ -15,8 +15,9 @@ class RevINTypeError(RevINError, TypeError):
     """An input of the wrong dtype (for example an integer tensor)."""
 
 
+from ._reverse import ReverseFn  # noqa: E402
 from .dataset import Normalization, adapt, normalize  # noqa: E402
-from .functional import ReverseFn, Statistics, reverse, revin  # noqa: E402
+from .functional import Statistics, reverse, revin  # noqa: E402
 from .module import RevIN  # noqa: E402
 
 __all__ = [

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from . import RevINError
 from ._core import DEFAULT_EPS, Options, check_options
-from .functional import ReverseFn, Variates, revin
+from ._reverse import ReverseFn, Variates
+from .functional import revin
 
 S4_EPS = 1e-4  # added to the population std by the S4 / ESPnet pair
 

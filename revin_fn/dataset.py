@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from . import RevINError, _core, _moments
 from ._core import DEFAULT_EPS, Options
 from ._patterns import parse
-from .functional import Mask, ReverseFn, Statistics, _check_tensor, _error, _observed
+from ._reverse import ReverseFn, _check_tensor, _error
+from .functional import Mask, Statistics, _observed
 from .functional import frame_from_statistics as _frame_from_statistics
 
 

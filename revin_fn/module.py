@@ -10,16 +10,8 @@ from torch import Tensor, nn
 from . import RevINError
 from ._core import DEFAULT_EPS, Frame, Options, check_options, stats_dtype
 from ._patterns import parse
-from .functional import (
-    Mask,
-    ReverseFn,
-    Statistics,
-    Variates,
-    _check_tensor,
-    _error,
-    reverse,
-    revin,
-)
+from ._reverse import ReverseFn, Variates, _check_tensor, _error
+from .functional import Mask, Statistics, reverse, revin
 
 
 class RevIN(nn.Module):
