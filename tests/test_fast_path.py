@@ -278,8 +278,8 @@ def test_statistics_is_a_plain_namedtuple() -> None:
 
 
 @pytest.mark.parametrize("pattern", ["b v t", "b t v"])
-def test_reverse_kernel_equals_addcmul_with_gradients(pattern: str, monkeypatch) -> None:
-    """The batch_norm reverse (large contiguous outputs) is addcmul's arithmetic, gradients too."""
+def test_reverse_kernels_agree_with_gradients(pattern: str, monkeypatch) -> None:
+    """The reverse kernels (batch_norm for large outputs, multiply-add for small) agree."""
     torch.manual_seed(5)
     shape = shape_for(pattern, 3, 4, 24)
     x = (torch.randn(shape, dtype=torch.float64) * 3 + 5).requires_grad_()
@@ -291,11 +291,12 @@ def test_reverse_kernel_equals_addcmul_with_gradients(pattern: str, monkeypatch)
         _, reverse_fn = revin(x, gamma, beta, pattern=pattern)
         return reverse_fn(y_hat)
 
-    monkeypatch.setattr(_kernels, "SCALE_SHIFT_MIN", 0)  # every contiguous output takes it
-    fused = run(x, gamma, beta, y_hat)
-    assert torch.autograd.gradcheck(run, (x, gamma, beta, y_hat))
-    monkeypatch.setattr(_kernels, "SCALE_SHIFT_MIN", 1 << 62)
-    assert torch.equal(fused, run(x, gamma, beta, y_hat))
+    outputs = []
+    for smallest in (0, 1 << 62):  # every output takes the batch_norm / the multiply-add
+        monkeypatch.setattr(_kernels, "SCALE_SHIFT_MIN", smallest)
+        outputs.append(run(x, gamma, beta, y_hat))
+        assert torch.autograd.gradcheck(run, (x, gamma, beta, y_hat))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-15, atol=1e-15)
     big = torch.randn(32, 64, 48)
     _, reverse_fn = revin(big * 7 + 3, torch.rand(64) + 0.5, torch.randn(64))
     monkeypatch.setattr(_kernels, "SCALE_SHIFT_MIN", 0)
