@@ -165,7 +165,7 @@ def try_normalize(
         or torch.compiler.is_compiling()
     ):
         return None
-    sdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    sdtype = _core.stats_dtype(x.dtype)
     values = x if x.dtype == sdtype else x.to(sdtype)
     time, shape = layout.time, x.shape
     length = shape[time]
@@ -233,7 +233,7 @@ def _pass(
         count_flagged = 0 if flagged is None else int(flagged.sum())
     loc = mean.view(stats_shape) if shift is None else shift + mean.view(stats_shape)
     scale = rstd.view(stats_shape).reciprocal()
-    variance = scale.square() if options.eps_mode == "clamp" else scale.square() - options.eps
+    variance = _variance_from_scale(scale, options)
     return y, (loc, variance, scale), flagged, count_flagged
 
 
@@ -270,6 +270,11 @@ def _shifted_in_place(
     count_flagged = int(flagged.sum())
     stats = (shift + mean.view(stats_shape), variance.view(stats_shape), scale.view(stats_shape))
     return y, stats, (flagged if count_flagged else None), count_flagged
+
+
+def _variance_from_scale(scale: Tensor, options: Options) -> Tensor:
+    """The raw variance behind the kernel's ``1 / rstd``: the inverse of the eps rule."""
+    return scale.square() if options.eps_mode == "clamp" else scale.square() - options.eps
 
 
 def _scores(mean: Tensor, rstd: Tensor, weight: Tensor | None, rstd_limit: float) -> Tensor:
@@ -323,7 +328,6 @@ def _redo(
     )
     part = rows.index_select(0, redo)
     shift = stats[0].detach().reshape(-1, 1).index_select(0, redo)
-    clamp = options.eps_mode == "clamp"
     with torch.no_grad():
         shiftable = bool(shift.isfinite().all())
     fine = False
@@ -336,7 +340,7 @@ def _redo(
     if fine:
         part_loc = shift.view(-1) + part_mean.view(-1)
         part_scale = part_rstd.view(-1).reciprocal()
-        part_variance = part_scale.square() if clamp else part_scale.square() - options.eps
+        part_variance = _variance_from_scale(part_scale, options)
     else:
         part_y, frame = _core.normalize_careful(
             part,
