@@ -76,6 +76,20 @@ def guard_gamma(gamma: Tensor, eps: float) -> Tensor:
     return torch.where(gamma < 0, gamma.clamp(max=-eps), gamma.clamp(min=eps))
 
 
+def affine_views(
+    layout: Layout, gamma: Tensor | None, beta: Tensor | None, eps: float | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """The ``(V,)`` affine vectors as views broadcasting along ``layout.variate``; gamma guarded
+    with ``eps`` (``None``: already guarded)."""
+    if gamma is None and beta is None:
+        return None, None
+    assert layout.variate is not None  # checked with the shapes of gamma and beta
+    view = layout.variate_view((gamma if gamma is not None else beta).shape[0])  # type: ignore[union-attr]
+    if gamma is not None:
+        gamma = (gamma if eps is None else guard_gamma(gamma, eps)).view(view)
+    return gamma, None if beta is None else beta.view(view)
+
+
 class Frame(NamedTuple):
     """Per-call state of one normalization: enough to invert it, nothing else.
 
@@ -268,14 +282,15 @@ def normalize(
 ) -> tuple[Tensor, Frame]:
     """Normalize ``x`` per instance along ``layout.time``; see ``revin`` for the formula.
 
-    ``gamma`` (already guarded) and ``beta`` are in the statistics dtype and shaped to
-    broadcast along the variate axis. Returns the output in ``x.dtype`` and its Frame:
-    from the fast path (``_kernels``) where it applies, else from :func:`normalize_careful`.
+    ``gamma`` (not yet guarded) and ``beta`` are ``(V,)`` vectors in the statistics dtype.
+    Returns the output in ``x.dtype`` and its Frame: from the fast paths (``_kernels``) where
+    they apply, else from :func:`normalize_careful`.
     """
     fast = _kernels.try_normalize(x, layout, gamma, beta, observed, options)
     if fast is not None:
         return fast
-    return normalize_careful(x, layout, gamma, beta, observed, options)
+    gamma_view, beta_view = affine_views(layout, gamma, beta, options.eps)
+    return normalize_careful(x, layout, gamma_view, beta_view, observed, options)
 
 
 def normalize_careful(
@@ -286,7 +301,10 @@ def normalize_careful(
     observed: Tensor | None,
     options: Options,
 ) -> tuple[Tensor, Frame]:
-    """:func:`normalize` by the reference math, for every option and input."""
+    """:func:`normalize` by the reference math, for every option and input.
+
+    ``gamma`` (guarded) and ``beta`` are shaped to broadcast along the variate axis.
+    """
     sdtype = stats_dtype(x.dtype)
     values = x.to(sdtype)
     if observed is not None:

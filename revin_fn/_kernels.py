@@ -1,14 +1,16 @@
-"""The fast path of ``_core.normalize``: one native group-norm pass, checked per instance.
+"""The fast paths of ``_core.normalize``, and the reverse's scale-and-shift kernel.
 
 For ``method="std"`` (eps_mode ``"clamp"`` or ``"add"``) without mask, causal statistics or
-``subtract_last``, every instance is normalized by ``torch.native_group_norm`` over rows of
-shape ``(instances, time)``: one read and one write of ``x`` that also yields each row's mean
-and ``1 / std``. The kernel writes ``x * a + c``, which rounds at the size of the offset, so
-an instance whose ``|mean| / std * max(|gamma'|, 1)`` exceeds ``OFFSET_LIMIT`` is normalized
-again after subtracting that mean (a second pass on those rows, or on every row when more than
-``GATHER_SHARE`` of them are flagged); an instance with a variance below ``eps`` or non-finite
-values is recomputed by ``_core.normalize_careful``. Results equal
-the careful path within float rounding and the common case pays one pass. Under
+``subtract_last``. Layouts whose time axis is not the last (``"b t v"``) go to
+``_columns.normalize_columns``. Otherwise every instance is a contiguous row and is normalized
+by ``torch.native_group_norm`` over rows of shape ``(instances, time)``: one read and one write
+of ``x`` that also yields each row's mean and ``1 / std``. The kernel writes ``x * a + c``,
+which rounds at the size of the offset, so an instance whose ``|mean| / std * max(|gamma'|, 1)``
+exceeds ``OFFSET_LIMIT`` is normalized again after subtracting that mean (a second pass on
+those rows, or on every row when more than ``GATHER_SHARE`` of them are flagged); an instance
+with a variance below ``eps`` or non-finite values is recomputed by
+``_core.normalize_careful``. Results equal the careful path within float rounding and the
+usual case pays one pass and a few reductions over per-instance statistics. Under
 ``torch.compile`` the careful path runs instead: inductor fuses it, and the per-instance
 branch would break the graph.
 """
@@ -24,6 +26,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from . import _core
+from ._columns import normalize_columns
 from ._patterns import Layout
 
 if TYPE_CHECKING:  # _core imports this module: use its names through the module at run time
@@ -123,22 +126,17 @@ class _RowNorm(torch.autograd.Function):
 def _weights(
     gamma: Tensor | None, beta: Tensor | None, layout: Layout, shape: tuple[int, ...]
 ) -> tuple[Tensor | None, Tensor | None, int]:
-    """Affine values for the kernel and its channel count (rows per period of the weights)."""
+    """Affine vectors for the kernel and its channel count (rows per period of the weights)."""
     if gamma is None and beta is None:
         return None, None, 1
-    variate = layout.variate
     last = layout.ndim - 1 if layout.time != layout.ndim - 1 else layout.ndim - 2
-    if variate == last:  # "b v t", "b t v": the weights repeat every V rows
-        size = shape[variate]
-        return (
-            None if gamma is None else gamma.reshape(size).contiguous(),
-            None if beta is None else beta.reshape(size).contiguous(),
-            size,
-        )
+    if layout.variate == last:  # the last axis besides time: the weights repeat every V rows
+        return gamma, beta, shape[last]
     count = math.prod(shape)
+    view = layout.variate_view(shape[layout.variate])  # type: ignore[index]
     return (
-        None if gamma is None else gamma.expand(shape).reshape(count).contiguous(),
-        None if beta is None else beta.expand(shape).reshape(count).contiguous(),
+        None if gamma is None else gamma.view(view).expand(shape).reshape(count),
+        None if beta is None else beta.view(view).expand(shape).reshape(count),
         count,
     )
 
@@ -155,41 +153,59 @@ def try_normalize(
     observed: Tensor | None,
     options: Options,
 ) -> tuple[Tensor, Frame] | None:
-    """``_core.normalize(...)`` by the fast path, or ``None`` where it does not apply."""
+    """``_core.normalize(...)`` by a fast path, or ``None`` where none applies."""
     if (
         observed is not None
         or options.method != "std"
         or options.causal
         or options.subtract_last
         or options.eps_mode not in ("clamp", "add")
+        or x.numel() == 0
         or torch.compiler.is_compiling()
     ):
         return None
     sdtype = _core.stats_dtype(x.dtype)
     values = x if x.dtype == sdtype else x.to(sdtype)
-    time, shape = layout.time, x.shape
+    if layout.time != x.ndim - 1 and math.prod(x.shape[layout.time + 1 :]) != 1:
+        gamma_view, beta_view = _core.affine_views(layout, gamma, beta, options.eps)
+        result = normalize_columns(values, layout, gamma_view, beta_view, options, OFFSET_LIMIT)
+    else:
+        result = _normalize_rows(values, layout, gamma, beta, options)
+    if result is None or x.dtype == sdtype:
+        return result
+    return result[0].to(x.dtype), result[1]
+
+
+def _normalize_rows(
+    values: Tensor,
+    layout: Layout,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    options: Options,
+) -> tuple[Tensor, Frame]:
+    """The group-norm path: every instance is a contiguous row of ``values``."""
+    shape, time = values.shape, layout.time
     length = shape[time]
+    rows = values.contiguous().view(-1, length)  # time is last, or only size-1 axes follow it
     stats_shape = (*shape[:time], 1, *shape[time + 1 :])
-    count = x.numel() // length
-    if count == 0:
-        return None
-    inner = math.prod(shape[time + 1 :])
-    if inner == 1:
-        rows = values.contiguous().view(count, length)
-    else:  # time is not the last axis: one transposing copy makes each row contiguous
-        rows = values.reshape(-1, length, inner).transpose(1, 2).contiguous().view(count, length)
-    weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
     eps, clamp = options.eps, options.eps_mode == "clamp"
+    gain_bound = 1.0  # an upper bound of max(|gamma'|, 1)
+    if gamma is not None:  # guard gamma only where it needs it: one reduction in the usual case
+        low, high = torch.aminmax(gamma.detach().abs())
+        if not float(low) >= eps:
+            gamma = _core.guard_gamma(gamma, eps)
+        gain_bound = max(float(high), 1.0)
+    weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
     # clamp: std = sqrt(var) once var >= eps is checked; a floor far below eps keeps a zero
     # variance from making rstd infinite (and the gradients NaN) before it is redone below.
-    floor = max(eps * 2.0**-60, torch.finfo(sdtype).tiny) if clamp else eps
+    floor = max(eps * 2.0**-60, torch.finfo(values.dtype).tiny) if clamp else eps
     # var >= eps  <=>  rstd <= 1 / sqrt(eps) (clamp) or 1 / sqrt(2 eps) (add)
     rstd_limit = (eps if clamp else 2 * eps) ** -0.5
     kernel = functools.partial(
-        _pass, rows, weight, bias, channels, floor, rstd_limit, stats_shape, options
+        _pass, rows, weight, bias, channels, floor, (rstd_limit, gain_bound), stats_shape, options
     )
     y, stats, flagged, count_flagged = kernel(None)
-    if count_flagged > GATHER_SHARE * count and bool(stats[0].isfinite().all()):
+    if count_flagged > GATHER_SHARE * rows.shape[0] and bool(stats[0].isfinite().all()):
         # real data often sits far from 0: shift every row by its first-pass mean, once more
         if _needs_grad(rows, weight, bias):
             del y  # free the first output before the second is allocated
@@ -202,10 +218,8 @@ def try_normalize(
         y, stats = _redo(rows, y, stats, flagged.nonzero().view(-1), weight, bias, floor,
                          rstd_limit, options)  # fmt: skip
     mean, variance, scale = stats
-    if inner != 1:  # a transposed view of the row-major result: right shape and values
-        y = y.view(-1, inner, length).transpose(1, 2)
-    frame = _core.make_frame(layout, mean, variance, scale, gamma, beta)
-    return y.view(shape).to(x.dtype), frame
+    gamma_view, beta_view = _core.affine_views(layout, gamma, beta, None)
+    return y.view(shape), _core.make_frame(layout, mean, variance, scale, gamma_view, beta_view)
 
 
 def _pass(
@@ -214,7 +228,7 @@ def _pass(
     bias: Tensor | None,
     channels: int,
     floor: float,
-    rstd_limit: float,
+    limits: tuple[float, float],
     stats_shape: tuple[int, ...],
     options: Options,
     shift: Tensor | None,
@@ -222,19 +236,34 @@ def _pass(
     """One kernel pass over ``rows - shift``: output, (loc, variance, scale), flagged rows.
 
     A row is flagged when the pass cannot vouch for it: an offset above ``OFFSET_LIMIT`` or
-    a variance below eps (``rstd`` above ``rstd_limit``), NaN included.
+    a variance below eps (``rstd`` above ``rstd_limit``), NaN included. ``limits`` holds
+    ``rstd_limit`` and an upper bound of ``max(|gamma'|, 1)``.
     """
     source = rows if shift is None else rows - shift.reshape(-1, 1)
     y, mean, rstd = _norm(source, weight, bias, channels, floor, options.detach)
-    with torch.no_grad():
-        score = _scores(mean, rstd, weight, rstd_limit).view(-1)
-        fine = float(score.amax()) <= 1  # False for NaN too
-        flagged = None if fine else ~(score <= 1)
-        count_flagged = 0 if flagged is None else int(flagged.sum())
+    flagged = _flag(mean.detach(), rstd.detach(), weight, *limits)
+    count_flagged = 0 if flagged is None else int(flagged.sum())
     loc = mean.view(stats_shape) if shift is None else shift + mean.view(stats_shape)
     scale = rstd.view(stats_shape).reciprocal()
     variance = _variance_from_scale(scale, options)
     return y, (loc, variance, scale), flagged, count_flagged
+
+
+def _flag(
+    mean: Tensor, rstd: Tensor, weight: Tensor | None, rstd_limit: float, gain_bound: float
+) -> Tensor | None:
+    """The rows one pass cannot vouch for (see ``_scores``), or ``None`` when there are none.
+
+    The usual case is settled by two maxima and the bound of ``max(|gamma'|, 1)``:
+    ``max |mean * rstd| * gain_bound`` bounds every row's offset, ``max rstd`` every row's
+    ``rstd``; only past them are the rows scored one by one.
+    """
+    offset = float(torch.linalg.vector_norm(mean * rstd, math.inf)) * gain_bound
+    if offset <= OFFSET_LIMIT and float(rstd.amax()) <= rstd_limit:  # False for NaN
+        return None
+    scores = _scores(mean, rstd, None if weight is None else weight.detach(), rstd_limit)
+    flagged = ~(scores.view(-1) <= 1)
+    return flagged if bool(flagged.any()) else None
 
 
 def _shifted_in_place(

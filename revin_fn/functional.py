@@ -43,8 +43,8 @@ if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([Statistics])
 
 
-def _affine_view(name: str, value: Tensor | None, x: Tensor, layout: Layout) -> Tensor | None:
-    """``value`` of shape (V,) or (V, 1) as a tensor broadcasting along the variate axis."""
+def _affine_vector(name: str, value: Tensor | None, x: Tensor, layout: Layout) -> Tensor | None:
+    """``value`` of shape (V,) or (V, 1) as a (V,) vector in the statistics dtype."""
     if value is None:
         return None
     _check_tensor(name, value)
@@ -53,12 +53,14 @@ def _affine_view(name: str, value: Tensor | None, x: Tensor, layout: Layout) -> 
             f'{name} needs a variate axis "v" in the pattern, got pattern "{layout.pattern}"'
         )
     size = x.shape[layout.variate]
-    if tuple(value.shape) not in ((size,), (size, 1)):
+    if value.shape != (size,) and value.shape != (size, 1):
         raise ValueError(
             f"{name} has shape {tuple(value.shape)}, expected ({size},) or ({size}, 1) "
             f'for x of shape {tuple(x.shape)} with pattern "{layout.pattern}"'
         )
-    return value.to(_core.stats_dtype(x.dtype)).reshape(layout.variate_view(size))
+    vector = value if value.ndim == 1 else value.view(size)
+    sdtype = _core.stats_dtype(x.dtype)
+    return vector if vector.dtype == sdtype else vector.to(sdtype)
 
 
 def _observed(mask: Mask | None, x: Tensor) -> Tensor | None:
@@ -96,10 +98,12 @@ def _prepare(
     layout = parse(pattern, x.ndim)
     if x.shape[layout.time] == 0:
         raise ValueError(f'x has shape {tuple(x.shape)}: the time axis "t" is empty')
-    gamma_view = _affine_view("gamma", gamma, x, layout)
-    if gamma_view is not None:
-        gamma_view = _core.guard_gamma(gamma_view, options.eps)
-    return layout, gamma_view, _affine_view("beta", beta, x, layout), _observed(mask, x)
+    return (
+        layout,
+        _affine_vector("gamma", gamma, x, layout),
+        _affine_vector("beta", beta, x, layout),
+        _observed(mask, x),
+    )
 
 
 @overload
@@ -193,10 +197,10 @@ def revin(
     """
     options = Options(eps, eps_mode, detach, subtract_last, method, causal)
     try:
-        layout, gamma_view, beta_view, observed = _prepare(x, gamma, beta, pattern, mask, options)
+        layout, gamma_vec, beta_vec, observed = _prepare(x, gamma, beta, pattern, mask, options)
     except (TypeError, ValueError) as error:
         raise _error("revin(x, gamma, beta)", error) from None
-    y, frame = _core.normalize(x, layout, gamma_view, beta_view, observed, options)
+    y, frame = _core.normalize(x, layout, gamma_vec, beta_vec, observed, options)
     reverse_fn = ReverseFn(frame)
     if return_statistics:
         return y, reverse_fn, Statistics(frame.loc, frame.variance, gamma, beta)
@@ -215,10 +219,12 @@ def frame_from_statistics(stats: Statistics, pattern: str, eps: float, eps_mode:
             f"stats.variance has shape {tuple(variance.shape)}, "
             f"expected {tuple(mean.shape)} like stats.mean"
         )
-    gamma_view = _affine_view("stats.gamma", gamma, mean, layout)
-    if gamma_view is not None:
-        gamma_view = _core.guard_gamma(gamma_view, eps)
-    beta_view = _affine_view("stats.beta", beta, mean, layout)
+    gamma_view, beta_view = _core.affine_views(
+        layout,
+        _affine_vector("stats.gamma", gamma, mean, layout),
+        _affine_vector("stats.beta", beta, mean, layout),
+        eps,
+    )
     scale = _core.scale_from_variance(variance, eps, eps_mode)
     return _core.make_frame(layout, mean, variance, scale, gamma_view, beta_view)
 
