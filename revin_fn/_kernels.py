@@ -44,20 +44,20 @@ GATHER_SHARE = 0.25
 SHIFTED_LIMIT = 4.0
 # Below this many elements the reverse multiplies and adds: batch_norm's fixed cost dominates.
 SCALE_SHIFT_MIN = 1 << 16
+# From this many elements, layouts with time not last take the column path (_columns); below
+# it a copy with time moved last, the row kernel and a copy back take fewer calls.
+COLUMNS_MIN = 1 << 16
 ROWS = Layout("n t", 2, ("n", "t"), 1, None)  # the (instances, time) view the kernel works on
 
 
 def _group_norm(
     rows: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int, floor: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``native_group_norm`` with one group per row: rows is contiguous, time last."""
+    """``native_group_norm`` with one group per row (rows contiguous, time last; the kernel
+    reads it as ``(batch, channels, length)`` whatever its shape, and keeps that shape)."""
     length = rows.shape[-1]
     batch = rows.numel() // (channels * length)
-    grid = rows.view(batch, channels, length)
-    y, mean, rstd = torch.native_group_norm(
-        grid, weight, bias, batch, channels, length, channels, floor
-    )
-    return y.view_as(rows), mean, rstd
+    return torch.native_group_norm(rows, weight, bias, batch, channels, length, channels, floor)
 
 
 class _RowNorm(torch.autograd.Function):
@@ -131,12 +131,16 @@ def _weights(
         return None, None, 1
     last = layout.ndim - 1 if layout.time != layout.ndim - 1 else layout.ndim - 2
     if layout.variate == last:  # the last axis besides time: the weights repeat every V rows
-        return gamma, beta, shape[last]
+        return (
+            None if gamma is None else gamma.contiguous(),
+            None if beta is None else beta.contiguous(),
+            shape[last],
+        )
     count = math.prod(shape)
     view = layout.variate_view(shape[layout.variate])  # type: ignore[index]
-    return (
-        None if gamma is None else gamma.view(view).expand(shape).reshape(count),
-        None if beta is None else beta.view(view).expand(shape).reshape(count),
+    return (  # the kernel reads its weights as contiguous vectors
+        None if gamma is None else gamma.view(view).expand(shape).reshape(count).contiguous(),
+        None if beta is None else beta.view(view).expand(shape).reshape(count).contiguous(),
         count,
     )
 
@@ -166,11 +170,18 @@ def try_normalize(
         return None
     sdtype = _core.stats_dtype(x.dtype)
     values = x if x.dtype == sdtype else x.to(sdtype)
-    if layout.time != x.ndim - 1 and math.prod(x.shape[layout.time + 1 :]) != 1:
+    time = layout.time
+    result: tuple[Tensor, Frame] | None
+    if time == x.ndim - 1:
+        result = _normalize_rows(values, layout, gamma, beta, options)
+    elif x.numel() < COLUMNS_MIN or math.prod(x.shape[time + 1 :]) == 1:
+        # small: two transposing copies cost less than the column path's extra calls (and
+        # moving time past axes of size 1 copies nothing)
+        moved, frame = _normalize_rows(values.movedim(time, -1), layout, gamma, beta, options)
+        result = moved.movedim(-1, time).contiguous(), frame
+    else:
         gamma_view, beta_view = _core.affine_views(layout, gamma, beta, options.eps)
         result = normalize_columns(values, layout, gamma_view, beta_view, options, OFFSET_LIMIT)
-    else:
-        result = _normalize_rows(values, layout, gamma, beta, options)
     if result is None or x.dtype == sdtype:
         return result
     return result[0].to(x.dtype), result[1]
@@ -183,11 +194,12 @@ def _normalize_rows(
     beta: Tensor | None,
     options: Options,
 ) -> tuple[Tensor, Frame]:
-    """The group-norm path: every instance is a contiguous row of ``values``."""
+    """The group-norm path over rows along the last axis of ``values``: the tensor in
+    ``layout``, or in ``layout`` with the time axis moved last."""
     shape, time = values.shape, layout.time
-    length = shape[time]
-    rows = values.contiguous().view(-1, length)  # time is last, or only size-1 axes follow it
-    stats_shape = (*shape[:time], 1, *shape[time + 1 :])
+    length = shape[-1]
+    rows = values.contiguous().view(-1, length)
+    stats_shape = (*shape[:time], 1, *shape[time:-1])  # in layout, time kept with size 1
     eps, clamp = options.eps, options.eps_mode == "clamp"
     gain_bound = 1.0  # an upper bound of max(|gamma'|, 1)
     if gamma is not None:  # guard gamma only where it needs it: one reduction in the usual case

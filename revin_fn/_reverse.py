@@ -113,9 +113,8 @@ def _undo(frame: Frame, y: Tensor, shift: bool, stepwise: bool | None) -> Tensor
     _check_tensor("y_hat", y)
     gain, offset = _fit(frame, y.shape, stepwise)
     # the float32 statistics promote a half-precision y inside the one fused op (no upcast copy)
-    if not shift:
-        return (y * gain.abs()).to(y.dtype)
-    return _kernels.scale_shift(y, gain, offset).to(y.dtype)
+    x = (y * gain.abs()) if not shift else _kernels.scale_shift(y, gain, offset)
+    return x if x.dtype == y.dtype else x.to(y.dtype)
 
 
 class ReverseFn:

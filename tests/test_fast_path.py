@@ -45,6 +45,26 @@ def count_careful_rows() -> Iterator[list[int]]:
         _core.normalize_careful = original
 
 
+@contextlib.contextmanager
+def columns(enabled: bool) -> Iterator[None]:
+    """Send layouts with time not last down the column path (True) or the small-tensor copy
+    to the row kernel (False), whatever their size."""
+    original = _kernels.COLUMNS_MIN
+    _kernels.COLUMNS_MIN = 0 if enabled else 1 << 62
+    try:
+        yield
+    finally:
+        _kernels.COLUMNS_MIN = original
+
+
+# "b t v" takes one of two routes by size: test both on small tensors
+ROUTES = [
+    pytest.param("b v t", False, id="bvt"),
+    pytest.param("b t v", False, id="btv-copy"),
+    pytest.param("b t v", True, id="btv-columns"),
+]
+
+
 def shape_for(pattern: str, batch: int, variates: int, length: int) -> tuple[int, ...]:
     sizes = {"b": batch, "v": variates, "t": length, "c": 2}
     return tuple(sizes[name] for name in pattern.split())
@@ -81,6 +101,7 @@ def assert_same(fast: tuple, careful: tuple, x: torch.Tensor, atol: float) -> No
     detach=st.booleans(),
     affine=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    column_path=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_fast_equals_careful(
@@ -94,6 +115,7 @@ def test_fast_equals_careful(
     detach: bool,
     affine: bool,
     dtype: torch.dtype,
+    column_path: bool,
     seed: int,
 ) -> None:
     generator = torch.Generator().manual_seed(seed)
@@ -104,23 +126,27 @@ def test_fast_equals_careful(
         gamma = torch.randn(variates, generator=generator)
         gamma[0] = 0.0  # the guard: sign(0) = +1
         beta = torch.randn(variates, generator=generator)
-    fast, careful, _ = both_paths(x, gamma, beta, pattern=pattern, eps_mode=eps_mode, detach=detach)
+    with columns(column_path):
+        fast, careful, _ = both_paths(
+            x, gamma, beta, pattern=pattern, eps_mode=eps_mode, detach=detach
+        )
     assert_same(fast, careful, x, atol=2e-2 if dtype == torch.bfloat16 else 2e-5)
 
 
-@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
-def test_default_call_takes_the_fast_path(pattern: str) -> None:
-    x = torch.randn(shape_for(pattern, 4, 3, 50)) * 5 + 20
-    with count_careful_rows() as rows:
+@pytest.mark.parametrize(("pattern", "column_path"), ROUTES)
+def test_default_call_takes_the_fast_path(pattern: str, column_path: bool) -> None:
+    x = (torch.randn(shape_for(pattern, 4, 3, 50)) * 5 + 20).requires_grad_()
+    with columns(column_path), count_careful_rows() as rows:
         y, reverse_fn = revin(x, torch.ones(3), torch.zeros(3), pattern=pattern)
     assert rows == []
-    assert "RowNorm" in type(y.grad_fn).__name__ if y.grad_fn is not None else True
+    assert ("ColumnNorm" in type(y.grad_fn).__name__) == column_path
+    assert y.is_contiguous()  # the output keeps the layout of a contiguous input
     torch.testing.assert_close(reverse_fn(y), x)
 
 
 @pytest.mark.parametrize("eps_mode", ["clamp", "add"])
-@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
-def test_large_offsets_match_float64(pattern: str, eps_mode: str) -> None:
+@pytest.mark.parametrize(("pattern", "column_path"), ROUTES)
+def test_large_offsets_match_float64(pattern: str, column_path: bool, eps_mode: str) -> None:
     """Offsets up to 1e6 standard deviations: within 1e-5 of float64, like the careful path."""
     torch.manual_seed(0)
     shape = shape_for(pattern, 8, 6, 336)
@@ -130,7 +156,8 @@ def test_large_offsets_match_float64(pattern: str, eps_mode: str) -> None:
     ratio_shape[0] = 8
     x = torch.randn(shape, dtype=torch.float64) * 0.01
     x = (x + ratios.view(ratio_shape).double() * 0.01).float()
-    y, _, stats = revin(x, pattern=pattern, eps_mode=eps_mode, return_statistics=True)
+    with columns(column_path):
+        y, _, stats = revin(x, pattern=pattern, eps_mode=eps_mode, return_statistics=True)
     wide = x.double()
     mean = wide.mean(time, keepdim=True)
     variance = wide.var(time, keepdim=True, unbiased=False)
@@ -161,8 +188,10 @@ def test_only_flagged_instances_are_recomputed() -> None:
 
 @pytest.mark.parametrize("detach", [False, True])
 @pytest.mark.parametrize("eps_mode", ["clamp", "add"])
-@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
-def test_gradcheck_through_forward_and_reverse(pattern: str, eps_mode: str, detach: bool) -> None:
+@pytest.mark.parametrize(("pattern", "column_path"), ROUTES)
+def test_gradcheck_through_forward_and_reverse(
+    pattern: str, column_path: bool, eps_mode: str, detach: bool
+) -> None:
     torch.manual_seed(2)
     x = torch.randn(shape_for(pattern, 3, 2, 7), dtype=torch.float64) * 2 + 1
     x[0, 0, 0] += 100.0  # one instance takes the careful path
@@ -180,11 +209,13 @@ def test_gradcheck_through_forward_and_reverse(pattern: str, eps_mode: str, deta
     # detached statistics are constants by definition: then only gamma and beta are checked
     # here; the x-gradient is compared with the careful path below
     x.requires_grad_(not detach)
-    assert torch.autograd.gradcheck(through, (x, gamma.requires_grad_(), beta.requires_grad_()))
+    with columns(column_path):
+        assert torch.autograd.gradcheck(through, (x, gamma.requires_grad_(), beta.requires_grad_()))
 
 
+@pytest.mark.parametrize("column_path", [False, True])
 @pytest.mark.parametrize("detach", [False, True])
-def test_gradients_equal_careful_path_float32(detach: bool) -> None:
+def test_gradients_equal_careful_path_float32(detach: bool, column_path: bool) -> None:
     torch.manual_seed(3)
     x = torch.randn(4, 40, 5) * 3 + 2
     x[1, :, 2] = 5.0  # constant: careful path, finite gradients
@@ -193,7 +224,7 @@ def test_gradients_equal_careful_path_float32(detach: bool) -> None:
     grads = []
     for context in (contextlib.nullcontext(), careful_only()):
         leaves = [t.clone().requires_grad_() for t in (x, gamma, beta)]
-        with context:
+        with context, columns(column_path):
             y, reverse_fn = revin(*leaves, pattern="b t v", detach=detach)
             (reverse_fn(y.sin()) * weights + y * weights).sum().backward()
         grads.append([leaf.grad for leaf in leaves])
@@ -240,8 +271,8 @@ def saved_bytes(run: object) -> int:
 
 
 @pytest.mark.parametrize("detach", [False, True])
-@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
-def test_backward_saves_at_most_two_inputs(pattern: str, detach: bool) -> None:
+@pytest.mark.parametrize(("pattern", "column_path"), ROUTES)
+def test_backward_saves_at_most_two_inputs(pattern: str, column_path: bool, detach: bool) -> None:
     x = torch.randn(shape_for(pattern, 8, 16, 256), requires_grad=True)
     gamma = torch.ones(16, requires_grad=True)
     beta = torch.zeros(16, requires_grad=True)
@@ -251,7 +282,8 @@ def test_backward_saves_at_most_two_inputs(pattern: str, detach: bool) -> None:
         reverse_fn(y).sum().backward()
 
     # forward saves the input once, reverse saves its input once; statistics are small
-    assert saved_bytes(forward_reverse) <= 2.1 * x.numel() * x.element_size()
+    with columns(column_path):
+        assert saved_bytes(forward_reverse) <= 2.1 * x.numel() * x.element_size()
 
 
 @pytest.mark.slow
@@ -303,3 +335,16 @@ def test_reverse_kernels_agree_with_gradients(pattern: str, monkeypatch) -> None
     torch.testing.assert_close(
         reverse_fn(big), reverse_fn._frame.offset + big * reverse_fn._frame.gain
     )
+
+
+@pytest.mark.parametrize(("pattern", "column_path"), [*ROUTES, pytest.param("v b t", False)])
+def test_strided_affine_vectors_equal_contiguous_ones(pattern: str, column_path: bool) -> None:
+    """The kernels read their weights as contiguous vectors: a strided gamma must not leak."""
+    torch.manual_seed(6)
+    x = torch.randn(shape_for(pattern, 3, 4, 20)) * 2 + 1
+    gamma, beta = torch.randn(8)[::2], torch.randn(12)[::3]
+    with columns(column_path):
+        y, _ = revin(x, gamma, beta, pattern=pattern)
+        y_ref, _ = revin(x, gamma.contiguous(), beta.contiguous(), pattern=pattern)
+    assert not gamma.is_contiguous()
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
