@@ -406,8 +406,9 @@ def scale_shift(values: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
     ``gain``/``offset`` are per instance. Measured on the 2-core CPU: below ``SCALE_SHIFT_MIN``
     elements, with factors constant along the last axis, a multiply and an in-place add (5 us
     at (32, 7, 96), against 13 us for ``addcmul``; with factors varying along the last axis
-    ``addcmul`` wins, 19 us against 30 us at (32, 96, 7)); for contiguous input of the statistics' dtype
-    with factors constant along the last axis, one eval-mode ``batch_norm`` pass over
+    ``addcmul`` wins, 19 us against 30 us at (32, 96, 7)); for contiguous input of the
+    statistics' dtype with factors constant along the last axis, one eval-mode ``batch_norm``
+    pass over
     ``(1, rows, time)`` with mean 0, variance 1 and eps 0, so ``weight = gain`` and
     ``bias = offset`` exactly (about the speed of a copy, half the time of ``addcmul``);
     otherwise (factors varying along the last axis, as in ``"b t v"``) ``addcmul``.
