@@ -58,7 +58,7 @@ def _affine_vector(name: str, value: Tensor | None, x: Tensor, layout: Layout) -
             f"{name} has shape {tuple(value.shape)}, expected ({size},) or ({size}, 1) "
             f'for x of shape {tuple(x.shape)} with pattern "{layout.pattern}"'
         )
-    vector = value if value.ndim == 1 else value.view(size)
+    vector = value if value.ndim == 1 else value.reshape(size)
     sdtype = _core.stats_dtype(x.dtype)
     return vector if vector.dtype == sdtype else vector.to(sdtype)
 
