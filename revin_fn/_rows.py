@@ -1,0 +1,352 @@
+"""The row path of the fast path: one native group-norm pass, checked per instance.
+
+Every instance is a contiguous row of shape ``(time,)`` (time last, or moved last by the
+caller) and ``torch.native_group_norm`` normalizes all rows in one read and one write of ``x``
+that also yields each row's mean and ``1 / std``. The kernel writes ``x * a + c``, which rounds
+at the size of the offset, so an instance whose ``|mean| / std * max(|gamma'|, 1)`` exceeds
+``OFFSET_LIMIT`` is normalized again after subtracting that mean (a second pass on those rows,
+or on every row when more than ``GATHER_SHARE`` of them are flagged); an instance with a
+variance below ``eps`` or non-finite values is recomputed by ``_core.normalize_careful``.
+Results equal the careful path within float rounding and the usual case pays one pass and a
+few reductions over per-instance statistics.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from . import _core
+from ._patterns import Layout
+
+if TYPE_CHECKING:  # _core imports this module: use its names through the module at run time
+    from ._core import Frame, Options
+
+# Largest |mean| / std * max(|gamma'|, 1) normalized in a single pass. The fused output
+# x * a + c rounds at the size of the offset: against float64 the single pass is off by about
+# 5e-6 at 30 (measured on T = 96, 336, 720, gamma' 1.2: 5.8e-6 / 6.8e-6 / 5.7e-6) and 2e-5 at
+# 100, so 32 keeps the 1e-5 guarantee with room to spare. Rows above it get a shifted pass.
+OFFSET_LIMIT = 32.0
+# Above this share of flagged rows, a second pass over every row beats gathering the flagged ones.
+GATHER_SHARE = 0.25
+# After the shift, E[d^2] - E[d]^2 loses (|E[d]| / std)^2 * 6e-8 of the variance: up to this
+# residual offset that stays below 1e-6; beyond it (or below eps) the row takes the careful path.
+SHIFTED_LIMIT = 4.0
+ROWS = Layout("n t", 2, ("n", "t"), 1, None)  # the (instances, time) view the kernel works on
+
+
+def _group_norm(
+    rows: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int, floor: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``native_group_norm`` with one group per row (rows contiguous, time last; the kernel
+    reads it as ``(batch, channels, length)`` whatever its shape, and keeps that shape)."""
+    length = rows.shape[-1]
+    batch = rows.numel() // (channels * length)
+    return torch.native_group_norm(rows, weight, bias, batch, channels, length, channels, floor)
+
+
+class _RowNorm(torch.autograd.Function):
+    """``y = (rows - mean) * rstd * weight + bias`` per row, with differentiable mean and rstd.
+
+    ``native_group_norm`` returns mean and rstd without gradients; this Function adds their
+    terms to its backward (unless ``detach``). Saves ``rows`` and the per-row statistics.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        rows: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        channels: int,
+        floor: float,
+        detach: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        y, mean, rstd = _group_norm(rows, weight, bias, channels, floor)
+        ctx.save_for_backward(rows, mean, rstd, *(() if weight is None else (weight,)))
+        ctx.set_materialize_grads(False)
+        ctx.channels, ctx.detach = channels, detach  # type: ignore[attr-defined]
+        if detach:
+            ctx.mark_non_differentiable(mean, rstd)
+        return y, mean, rstd
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_y: Tensor | None, grad_mean: Tensor | None, grad_rstd: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        rows, mean, rstd, *affine = ctx.saved_tensors
+        weight = affine[0] if affine else None
+        channels, length = ctx.channels, rows.shape[-1]
+        batch = rows.numel() // (channels * length)
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_x = grad_weight = grad_bias = None
+        if grad_y is not None:
+            mask = [need_x and not ctx.detach, need_weight, need_bias]
+            grid = (batch, channels, length)
+            grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
+                grad_y.reshape(grid), rows.view(grid), mean, rstd, weight,
+                batch, channels, length, channels, mask,
+            )  # fmt: skip
+            if grad_x is not None:
+                grad_x = grad_x.view_as(rows)
+            if need_x and ctx.detach:  # statistics are constants: dy/dx = rstd * weight
+                factor = rstd if weight is None else rstd * weight
+                grad_x = grad_y * factor.reshape(*grad_y.shape[:-1], 1)
+        if need_x and not ctx.detach and (grad_mean is not None or grad_rstd is not None):
+            # mean = sum(x) / T and rstd = (var + floor)^(-1/2) with var = sum((x - mean)^2) / T:
+            # their terms are d/dx = (grad_mean - grad_rstd * rstd^3 * (x - mean)) / T.
+            slope = torch.zeros_like(mean) if grad_rstd is None else grad_rstd * rstd.pow(3)
+            shift = slope * mean if grad_mean is None else grad_mean + slope * mean
+            if grad_x is None:
+                grad_x = torch.zeros_like(rows)
+            per_row = grad_x.view(-1, length)
+            per_row.addcmul_(rows.view(-1, length), (slope / -length).reshape(-1, 1))
+            per_row.add_((shift / length).reshape(-1, 1))
+        if grad_x is None and need_x:
+            grad_x = torch.zeros_like(rows)
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
+def _weights(
+    gamma: Tensor | None, beta: Tensor | None, layout: Layout, shape: tuple[int, ...]
+) -> tuple[Tensor | None, Tensor | None, int]:
+    """Affine vectors for the kernel and its channel count (rows per period of the weights)."""
+    if gamma is None and beta is None:
+        return None, None, 1
+    last = layout.ndim - 1 if layout.time != layout.ndim - 1 else layout.ndim - 2
+    if layout.variate == last:  # the last axis besides time: the weights repeat every V rows
+        return (
+            None if gamma is None else gamma.contiguous(),
+            None if beta is None else beta.contiguous(),
+            shape[last],
+        )
+    count = math.prod(shape)
+    view = layout.variate_view(shape[layout.variate])  # type: ignore[index]
+    return (  # the kernel reads its weights as contiguous vectors
+        None if gamma is None else gamma.view(view).expand(shape).reshape(count).contiguous(),
+        None if beta is None else beta.view(view).expand(shape).reshape(count).contiguous(),
+        count,
+    )
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def normalize_rows(
+    values: Tensor,
+    layout: Layout,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    options: Options,
+) -> tuple[Tensor, Frame]:
+    """The group-norm path over rows along the last axis of ``values``: the tensor in
+    ``layout``, or in ``layout`` with the time axis moved last."""
+    shape, time = values.shape, layout.time
+    length = shape[-1]
+    rows = values.contiguous().view(-1, length)
+    stats_shape = (*shape[:time], 1, *shape[time:-1])  # in layout, time kept with size 1
+    eps, clamp = options.eps, options.eps_mode == "clamp"
+    gain_bound = 1.0  # an upper bound of max(|gamma'|, 1)
+    if gamma is not None:  # guard gamma only where it needs it: one reduction in the usual case
+        low, high = torch.aminmax(gamma.detach().abs())
+        if not float(low) >= eps:
+            gamma = _core.guard_gamma(gamma, eps)
+        gain_bound = max(float(high), 1.0)
+    weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
+    # clamp: std = sqrt(var) once var >= eps is checked; a floor far below eps keeps a zero
+    # variance from making rstd infinite (and the gradients NaN) before it is redone below.
+    floor = max(eps * 2.0**-60, torch.finfo(values.dtype).tiny) if clamp else eps
+    # var >= eps  <=>  rstd <= 1 / sqrt(eps) (clamp) or 1 / sqrt(2 eps) (add)
+    rstd_limit = (eps if clamp else 2 * eps) ** -0.5
+    kernel = functools.partial(
+        _pass, rows, weight, bias, channels, floor, (rstd_limit, gain_bound), stats_shape, options
+    )
+    y, stats, flagged, count_flagged = kernel(None)
+    if count_flagged > GATHER_SHARE * rows.shape[0] and bool(stats[0].isfinite().all()):
+        # real data often sits far from 0: shift every row by its first-pass mean, once more
+        if _needs_grad(rows, weight, bias):
+            del y  # free the first output before the second is allocated
+            y, stats, flagged, count_flagged = kernel(stats[0].detach())
+        else:
+            y, stats, flagged, count_flagged = _shifted_in_place(
+                y, rows, stats[0], weight, bias, channels, stats_shape, options
+            )
+    if flagged is not None and count_flagged:
+        y, stats = _redo(rows, y, stats, flagged.nonzero().view(-1), weight, bias, floor,
+                         rstd_limit, options)  # fmt: skip
+    mean, variance, scale = stats
+    gamma_view, beta_view = _core.affine_views(layout, gamma, beta, None)
+    return y.view(shape), _core.make_frame(layout, mean, variance, scale, gamma_view, beta_view)
+
+
+def _pass(
+    rows: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    channels: int,
+    floor: float,
+    limits: tuple[float, float],
+    stats_shape: tuple[int, ...],
+    options: Options,
+    shift: Tensor | None,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None, int]:
+    """One kernel pass over ``rows - shift``: output, (loc, variance, scale), flagged rows.
+
+    A row is flagged when the pass cannot vouch for it: an offset above ``OFFSET_LIMIT`` or
+    a variance below eps (``rstd`` above ``rstd_limit``), NaN included. ``limits`` holds
+    ``rstd_limit`` and an upper bound of ``max(|gamma'|, 1)``.
+    """
+    source = rows if shift is None else rows - shift.reshape(-1, 1)
+    y, mean, rstd = _norm(source, weight, bias, channels, floor, options.detach)
+    flagged = _flag(mean.detach(), rstd.detach(), weight, *limits)
+    count_flagged = 0 if flagged is None else int(flagged.sum())
+    loc = mean.view(stats_shape) if shift is None else shift + mean.view(stats_shape)
+    scale = rstd.view(stats_shape).reciprocal()
+    variance = _variance_from_scale(scale, options)
+    return y, (loc, variance, scale), flagged, count_flagged
+
+
+def _flag(
+    mean: Tensor, rstd: Tensor, weight: Tensor | None, rstd_limit: float, gain_bound: float
+) -> Tensor | None:
+    """The rows one pass cannot vouch for (see ``_scores``), or ``None`` when there are none.
+
+    The usual case is settled by two maxima and the bound of ``max(|gamma'|, 1)``:
+    ``max |mean * rstd| * gain_bound`` bounds every row's offset, ``max rstd`` every row's
+    ``rstd``; only past them are the rows scored one by one.
+    """
+    offset = float(torch.linalg.vector_norm(mean * rstd, math.inf)) * gain_bound
+    if offset <= OFFSET_LIMIT and float(rstd.amax()) <= rstd_limit:  # False for NaN
+        return None
+    scores = _scores(mean, rstd, None if weight is None else weight.detach(), rstd_limit)
+    flagged = ~(scores.view(-1) <= 1)
+    return flagged if bool(flagged.any()) else None
+
+
+def _shifted_in_place(
+    y: Tensor,
+    rows: Tensor,
+    shift: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    channels: int,
+    stats_shape: tuple[int, ...],
+    options: Options,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None, int]:
+    """The shifted second pass without gradients, in the first pass's output buffer.
+
+    ``rows - shift`` is written over ``y``; its moments come from two reductions (the residual
+    offset is a rounding error of the first pass, so ``E[d^2] - E[d]^2`` is exact to float
+    rounding), and ``y`` is scaled and shifted in place: no new input-sized buffer, which on
+    this kind of machine costs more than the arithmetic. Rows still far from 0 relative to
+    their spread (``SHIFTED_LIMIT``) or with a variance below eps are flagged for ``_redo``.
+    """
+    length = rows.shape[-1]
+    shifted = torch.sub(rows, shift.reshape(-1, 1), out=y.view_as(rows))
+    mean = shifted.sum(-1) / length
+    variance = (torch.linalg.vector_norm(shifted, dim=-1).square() / length - mean.square()).clamp(
+        min=0
+    )
+    scale = _core.scale_from_variance(variance, options.eps, options.eps_mode)
+    gain = scale.reciprocal() if weight is None else (weight / scale.view(-1, channels)).view(-1)
+    offset = -mean * gain if bias is None else (bias - (mean * gain).view(-1, channels)).view(-1)
+    shifted.mul_(gain.unsqueeze(1)).add_(offset.unsqueeze(1))
+    seen = variance >= options.eps if options.eps_mode == "clamp" else variance >= 0
+    flagged = ~(seen & (mean.abs() <= SHIFTED_LIMIT * scale))  # NaN included
+    count_flagged = int(flagged.sum())
+    stats = (shift + mean.view(stats_shape), variance.view(stats_shape), scale.view(stats_shape))
+    return y, stats, (flagged if count_flagged else None), count_flagged
+
+
+def _variance_from_scale(scale: Tensor, options: Options) -> Tensor:
+    """The raw variance behind the kernel's ``1 / rstd``: the inverse of the eps rule."""
+    return scale.square() if options.eps_mode == "clamp" else scale.square() - options.eps
+
+
+def _scores(mean: Tensor, rstd: Tensor, weight: Tensor | None, rstd_limit: float) -> Tensor:
+    """Per row, above 1 where one pass cannot vouch for the result (NaN where it is NaN).
+
+    The larger of ``|mean| / std * max(|gamma'|, 1) / OFFSET_LIMIT`` (the kernel's moments lose
+    accuracy with ``|mean| / std``, its fused output with ``|mean| * |gamma'| / std``) and
+    ``rstd / rstd_limit`` (a variance below eps).
+    """
+    offset = (mean * rstd).abs_()
+    if weight is not None:
+        offset.mul_(weight.abs().clamp_(min=1))
+    return torch.maximum(offset.mul_(1 / OFFSET_LIMIT), rstd * (1 / rstd_limit))
+
+
+def _norm(
+    rows: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    channels: int,
+    floor: float,
+    detach: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    if _needs_grad(rows, weight, bias):
+        return _RowNorm.apply(  # type: ignore[no-untyped-call,no-any-return]
+            rows, weight, bias, channels, floor, detach
+        )
+    return _group_norm(rows, weight, bias, channels, floor)
+
+
+def _redo(
+    rows: Tensor,
+    y: Tensor,
+    stats: tuple[Tensor, Tensor, Tensor],
+    redo: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    floor: float,
+    rstd_limit: float,
+    options: Options,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """Normalize the rows ``redo`` again, accurately; copy them into y and the statistics.
+
+    They are shifted by their first-pass mean and normalized by the kernel again; where that
+    is still not fine (variance below eps, non-finite values) by the careful math instead.
+    """
+    count, length = rows.shape
+    part_weight, part_bias = (
+        None if value is None else value.repeat(count // value.numel()).index_select(0, redo)
+        for value in (weight, bias)
+    )
+    part = rows.index_select(0, redo)
+    shift = stats[0].detach().reshape(-1, 1).index_select(0, redo)
+    with torch.no_grad():
+        shiftable = bool(shift.isfinite().all())
+    fine = False
+    if shiftable:
+        part_y, part_mean, part_rstd = _norm(
+            part - shift, part_weight, part_bias, redo.numel(), floor, options.detach
+        )
+        with torch.no_grad():
+            fine = float(_scores(part_mean, part_rstd, part_weight, rstd_limit).amax()) <= 1
+    if fine:
+        part_loc = shift.view(-1) + part_mean.view(-1)
+        part_scale = part_rstd.view(-1).reciprocal()
+        part_variance = _variance_from_scale(part_scale, options)
+    else:
+        part_y, frame = _core.normalize_careful(
+            part,
+            ROWS,
+            None if part_weight is None else part_weight.unsqueeze(1),
+            None if part_bias is None else part_bias.unsqueeze(1),
+            None,
+            options,
+        )
+        part_loc, part_variance = frame.loc.view(-1), frame.variance.view(-1)
+        part_scale = _core.scale_from_variance(part_variance, options.eps, options.eps_mode)
+    merged = (
+        value.reshape(-1).index_copy(0, redo, part).view_as(value)
+        for value, part in zip(stats, (part_loc, part_variance, part_scale), strict=True)
+    )
+    return y.index_copy(0, redo, part_y.view(-1, length)), tuple(merged)  # type: ignore[return-value]
