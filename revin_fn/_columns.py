@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from . import _core
+from ._rows import OFFSET_LIMIT, needs_grad
 
 if TYPE_CHECKING:  # _core imports the fast paths: use its names through the module at run time
     from ._core import Frame, Options
@@ -41,17 +42,16 @@ def normalize_columns(
     gamma: Tensor | None,
     beta: Tensor | None,
     options: Options,
-    offset_limit: float,
 ) -> tuple[Tensor, Frame] | None:
     """``_core.normalize`` of ``values`` (statistics dtype) for time not last, or ``None``.
 
     ``gamma`` (guarded) and ``beta`` broadcast along the variate axis.
     """
-    result = _attempt(values, layout, gamma, beta, options, offset_limit, None)
+    result = _attempt(values, layout, gamma, beta, options, None)
     if result is None:
         with torch.no_grad():
             shift = values.mean(layout.time, keepdim=True)
-        result = _attempt(values, layout, gamma, beta, options, offset_limit, shift)
+        result = _attempt(values, layout, gamma, beta, options, shift)
     return result
 
 
@@ -61,14 +61,11 @@ def _attempt(
     gamma: Tensor | None,
     beta: Tensor | None,
     options: Options,
-    offset_limit: float,
     shift: Tensor | None,
 ) -> tuple[Tensor, Frame] | None:
     time = layout.time
     source = values if shift is None else values - shift
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (source, gamma, beta)
-    ):
+    if needs_grad(source, gamma, beta):
         y, mean, variance = _ColumnNorm.apply(  # type: ignore[no-untyped-call]
             source, gamma, beta, time, options
         )
@@ -79,7 +76,7 @@ def _attempt(
         offset = (mean / scale).abs_()
         if gamma is not None:
             offset.mul_(gamma.abs().clamp_(min=1))
-        if not float(offset.amax()) <= offset_limit:  # NaN included
+        if not float(offset.amax()) <= OFFSET_LIMIT:  # NaN included
             return None
     loc = mean if shift is None else shift + mean
     return y, _core.make_frame(layout, loc, variance, scale, gamma, beta)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import _core
 from ._columns import normalize_columns
-from ._rows import OFFSET_LIMIT, normalize_rows
+from ._rows import normalize_rows
 
 if TYPE_CHECKING:  # _core imports this module: use its names through the module at run time
     from ._core import Frame, Options
@@ -62,7 +62,7 @@ def try_normalize(
         result = moved.movedim(-1, time).contiguous(), frame
     else:
         gamma_view, beta_view = _core.affine_views(layout, gamma, beta, options.eps)
-        result = normalize_columns(values, layout, gamma_view, beta_view, options, OFFSET_LIMIT)
+        result = normalize_columns(values, layout, gamma_view, beta_view, options)
     if result is None or x.dtype == sdtype:
         return result
     return result[0].to(x.dtype), result[1]

@@ -135,7 +135,8 @@ def _weights(
     )
 
 
-def _needs_grad(*tensors: Tensor | None) -> bool:
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records a call on these tensors (grad mode on, one requires grad)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -171,7 +172,7 @@ def normalize_rows(
     y, stats, flagged, count_flagged = kernel(None)
     if count_flagged > GATHER_SHARE * rows.shape[0] and bool(stats[0].isfinite().all()):
         # real data often sits far from 0: shift every row by its first-pass mean, once more
-        if _needs_grad(rows, weight, bias):
+        if needs_grad(rows, weight, bias):
             del y  # free the first output before the second is allocated
             y, stats, flagged, count_flagged = kernel(stats[0].detach())
         else:
@@ -291,7 +292,7 @@ def _norm(
     floor: float,
     detach: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    if _needs_grad(rows, weight, bias):
+    if needs_grad(rows, weight, bias):
         return _RowNorm.apply(  # type: ignore[no-untyped-call,no-any-return]
             rows, weight, bias, channels, floor, detach
         )
