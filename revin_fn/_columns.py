@@ -51,6 +51,8 @@ def normalize_columns(
     if result is None:
         with torch.no_grad():
             shift = values.mean(layout.time, keepdim=True)
+            if not bool(shift.isfinite().all()):  # non-finite values: a shift cannot help
+                return None
         result = _attempt(values, layout, gamma, beta, options, shift)
     return result
 
