@@ -89,8 +89,9 @@ class _RowNorm(torch.autograd.Function):
         if grad_y is not None:
             mask = [need_x and not ctx.detach, need_weight, need_bias]
             grid = (batch, channels, length)
+            # the kernel reads dY as contiguous; y.sum() sends an expanded (stride 0) one
             grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
-                grad_y.reshape(grid), rows.view(grid), mean, rstd, weight,
+                grad_y.contiguous().view(grid), rows.view(grid), mean, rstd, weight,
                 batch, channels, length, channels, mask,
             )  # fmt: skip
             if grad_x is not None:

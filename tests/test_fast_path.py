@@ -233,6 +233,27 @@ def test_gradients_equal_careful_path_float32(detach: bool, column_path: bool) -
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("upstream", ["sum", "transposed"])
+@pytest.mark.parametrize(("pattern", "column_path"), ROUTES)
+def test_non_contiguous_upstream_gradients(pattern: str, column_path: bool, upstream: str) -> None:
+    """``y.sum().backward()`` sends an expanded (stride 0) gradient, a transposed product a
+    transposed one: the kernels' backward must read them by their strides."""
+    torch.manual_seed(7)
+    x = torch.randn(shape_for(pattern, 4, 3, 50), dtype=torch.float64) * 2 + 1
+    gamma = torch.rand(3, dtype=torch.float64) + 0.5
+    beta = torch.randn(3, dtype=torch.float64)
+    weights = torch.randn(x.shape[::-1], dtype=torch.float64).permute(2, 1, 0)
+    grads = []
+    for context in (columns(column_path), careful_only()):
+        leaves = [t.clone().requires_grad_() for t in (x, gamma, beta)]
+        with context:
+            y, _ = revin(*leaves, pattern=pattern)
+        (y.sum() if upstream == "sum" else (y * weights).sum()).backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("detach", [False, True])
 def test_shifted_pass_over_every_row_matches_the_careful_path(detach: bool) -> None:
     """Most rows far from 0 (offsets 50 to 1e3 std): one more kernel pass over all of them."""
