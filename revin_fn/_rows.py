@@ -13,7 +13,6 @@ few reductions over per-instance statistics.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -150,42 +149,44 @@ def normalize_rows(
 ) -> tuple[Tensor, Frame]:
     """The group-norm path over rows along the last axis of ``values``: the tensor in
     ``layout``, or in ``layout`` with the time axis moved last."""
+    values = values.contiguous()  # the kernel reads any shape as (batch, channels, length)
     shape, time = values.shape, layout.time
-    length = shape[-1]
-    rows = values.contiguous().view(-1, length)
     stats_shape = (*shape[:time], 1, *shape[time:-1])  # in layout, time kept with size 1
     eps, clamp = options.eps, options.eps_mode == "clamp"
     gain_bound = 1.0  # an upper bound of max(|gamma'|, 1)
-    if gamma is not None:  # guard gamma only where it needs it: one reduction in the usual case
-        low, high = torch.aminmax(gamma.detach().abs())
-        if not float(low) >= eps:
-            gamma = _core.guard_gamma(gamma, eps)
-        gain_bound = max(float(high), 1.0)
+    if gamma is not None:
+        gamma, gain_bound = _guarded(gamma, eps)
     weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
     # clamp: std = sqrt(var) once var >= eps is checked; a floor far below eps keeps a zero
     # variance from making rstd infinite (and the gradients NaN) before it is redone below.
     floor = max(eps * 2.0**-60, torch.finfo(values.dtype).tiny) if clamp else eps
     # var >= eps  <=>  rstd <= 1 / sqrt(eps) (clamp) or 1 / sqrt(2 eps) (add)
     rstd_limit = (eps if clamp else 2 * eps) ** -0.5
-    kernel = functools.partial(
-        _pass, rows, weight, bias, channels, floor, (rstd_limit, gain_bound), stats_shape, options
+    limits = (rstd_limit, gain_bound)
+    y, stats, flagged, count_flagged = _pass(
+        values, weight, bias, channels, floor, limits, stats_shape, options, None
     )
-    y, stats, flagged, count_flagged = kernel(None)
-    if count_flagged > GATHER_SHARE * rows.shape[0] and bool(stats[0].isfinite().all()):
-        # real data often sits far from 0: shift every row by its first-pass mean, once more
-        if needs_grad(rows, weight, bias):
-            del y  # free the first output before the second is allocated
-            y, stats, flagged, count_flagged = kernel(stats[0].detach())
-        else:
-            y, stats, flagged, count_flagged = _shifted_in_place(
-                y, rows, stats[0], weight, bias, channels, stats_shape, options
-            )
-    if flagged is not None and count_flagged:
-        y, stats = _redo(rows, y, stats, flagged.nonzero().view(-1), weight, bias, floor,
-                         rstd_limit, options)  # fmt: skip
+    if count_flagged:  # the slow paths work on the (instances, time) view
+        rows, y = values.view(-1, shape[-1]), y.view(-1, shape[-1])
+        if count_flagged > GATHER_SHARE * rows.shape[0] and bool(stats[0].isfinite().all()):
+            # real data often sits far from 0: shift every row by its first-pass mean, once more
+            if needs_grad(rows, weight, bias):
+                del y  # free the first output before the second is allocated
+                y, stats, flagged, count_flagged = _pass(
+                    rows, weight, bias, channels, floor, limits, stats_shape, options,
+                    stats[0].detach(),
+                )  # fmt: skip
+            else:
+                y, stats, flagged, count_flagged = _shifted_in_place(
+                    y, rows, stats[0], weight, bias, channels, stats_shape, options
+                )
+        if flagged is not None and count_flagged:
+            y, stats = _redo(rows, y, stats, flagged.nonzero().view(-1), weight, bias, floor,
+                             rstd_limit, options)  # fmt: skip
+        y = y.view(shape)
     mean, variance, scale = stats
     gamma_view, beta_view = _core.affine_views(layout, gamma, beta, None)
-    return y.view(shape), _core.make_frame(layout, mean, variance, scale, gamma_view, beta_view)
+    return y, _core.make_frame(layout, mean, variance, scale, gamma_view, beta_view)
 
 
 def _pass(
@@ -207,12 +208,33 @@ def _pass(
     """
     source = rows if shift is None else rows - shift.reshape(-1, 1)
     y, mean, rstd = _norm(source, weight, bias, channels, floor, options.detach)
-    flagged = _flag(mean.detach(), rstd.detach(), weight, *limits)
+    if mean.requires_grad:
+        flagged = _flag(mean.detach(), rstd.detach(), weight, *limits)
+    else:
+        flagged = _flag(mean, rstd, weight, *limits)
     count_flagged = 0 if flagged is None else int(flagged.sum())
     loc = mean.view(stats_shape) if shift is None else shift + mean.view(stats_shape)
     scale = rstd.view(stats_shape).reciprocal()
     variance = _variance_from_scale(scale, options)
     return y, (loc, variance, scale), flagged, count_flagged
+
+
+def _guarded(gamma: Tensor, eps: float) -> tuple[Tensor, float]:
+    """``gamma`` guarded where it needs it (``_core.guard_gamma``), and ``max(|gamma'|, 1)``.
+
+    The usual gamma, all of one sign and no smaller than eps in size, is settled by one
+    reduction; only otherwise are the sizes taken one by one.
+    """
+    known = gamma.detach() if gamma.requires_grad else gamma
+    low, high = (float(value) for value in torch.aminmax(known))
+    if low >= eps:  # all positive (False for NaN)
+        return gamma, max(high, 1.0)
+    if high <= -eps:  # all negative
+        return gamma, max(-low, 1.0)
+    smallest, largest = (float(value) for value in torch.aminmax(known.abs()))
+    if not smallest >= eps:
+        gamma = _core.guard_gamma(gamma, eps)
+    return gamma, max(largest, 1.0)
 
 
 def _flag(

@@ -144,6 +144,28 @@ def test_default_call_takes_the_fast_path(pattern: str, column_path: bool) -> No
     torch.testing.assert_close(reverse_fn(y), x)
 
 
+@pytest.mark.parametrize(
+    "gamma",
+    [[0.5, 2.0, 1.0], [-0.5, -2.0, -1.0], [-0.5, 2.0, 1.0], [1e-7, 2.0, 1.0], [-1e-7, -2.0, -1.0],
+     [0.0, -0.0, 3.0], [1e-5, 1.0, 1.0]],
+)  # fmt: skip
+@pytest.mark.parametrize(("pattern", "column_path"), ROUTES)
+def test_gamma_of_every_sign_and_size(pattern: str, column_path: bool, gamma: list[float]) -> None:
+    """The row path settles one-signed gammas by one reduction and sizes the rest one by one:
+    every case guards exactly like the careful path, gradients included."""
+    x = torch.randn(shape_for(pattern, 4, 3, 30), dtype=torch.float64) * 2 + 1
+    weights = torch.randn(x.shape, dtype=torch.float64)
+    results = []
+    for context in (columns(column_path), careful_only()):
+        leaves = [t.clone().requires_grad_() for t in (x, torch.tensor(gamma).double())]
+        with context:
+            y, reverse_fn = revin(*leaves, torch.zeros(3).double(), pattern=pattern)
+            (reverse_fn(y.sin()) * weights + y * weights).sum().backward()
+        results.append([y.detach(), reverse_fn(y).detach()] + [t.grad for t in leaves])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("eps_mode", ["clamp", "add"])
 @pytest.mark.parametrize(("pattern", "column_path"), ROUTES)
 def test_large_offsets_match_float64(pattern: str, column_path: bool, eps_mode: str) -> None:
