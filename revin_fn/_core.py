@@ -95,20 +95,29 @@ class Frame(NamedTuple):
 
     ``loc`` and ``variance`` keep the time axis (size 1, or the full length when causal);
     ``gain`` is ``scale / gamma`` and ``offset`` is ``loc - beta * gain``, so the inverse is
-    the single fused ``offset + y * gain``.
+    the single fused ``offset + y * gain``. ``variance`` is ``None`` where the call asked for
+    no statistics and computing it would have cost an operation.
     """
 
     layout: Layout
     loc: Tensor
-    variance: Tensor
+    variance: Tensor | None
     gain: Tensor
     offset: Tensor
+
+    def viewed(self, shape: tuple[int, ...]) -> Frame:
+        """The same Frame with every tensor viewed as ``shape``."""
+        variance = None if self.variance is None else self.variance.view(shape)
+        return Frame(
+            self.layout, self.loc.view(shape), variance, self.gain.view(shape),
+            self.offset.view(shape),
+        )  # fmt: skip
 
 
 def make_frame(
     layout: Layout,
     loc: Tensor,
-    variance: Tensor,
+    variance: Tensor | None,
     scale: Tensor,
     gamma: Tensor | None,
     beta: Tensor | None,
@@ -279,14 +288,16 @@ def normalize(
     beta: Tensor | None,
     observed: Tensor | None,
     options: Options,
+    statistics: bool = True,
 ) -> tuple[Tensor, Frame]:
     """Normalize ``x`` per instance along ``layout.time``; see ``revin`` for the formula.
 
     ``gamma`` (not yet guarded) and ``beta`` are ``(V,)`` vectors in the statistics dtype.
     Returns the output in ``x.dtype`` and its Frame: from the fast paths (``_kernels``) where
-    they apply, else from :func:`normalize_careful`.
+    they apply, else from :func:`normalize_careful`. Without ``statistics`` the Frame's
+    variance may be ``None``.
     """
-    fast = _kernels.try_normalize(x, layout, gamma, beta, observed, options)
+    fast = _kernels.try_normalize(x, layout, gamma, beta, observed, options, statistics)
     if fast is not None:
         return fast
     gamma_view, beta_view = affine_views(layout, gamma, beta, options.eps)

@@ -37,6 +37,7 @@ def try_normalize(
     beta: Tensor | None,
     observed: Tensor | None,
     options: Options,
+    statistics: bool = True,
 ) -> tuple[Tensor, Frame] | None:
     """``_core.normalize(...)`` by a fast path, or ``None`` where none applies."""
     if (
@@ -54,11 +55,13 @@ def try_normalize(
     time = layout.time
     result: tuple[Tensor, Frame] | None
     if time == x.ndim - 1:
-        result = normalize_rows(values, layout, gamma, beta, options)
+        result = normalize_rows(values, layout, gamma, beta, options, statistics)
     elif x.numel() < COLUMNS_MIN or math.prod(x.shape[time + 1 :]) == 1:
         # small: two transposing copies cost less than the column path's extra calls (and
         # moving time past axes of size 1 copies nothing)
-        moved, frame = normalize_rows(values.movedim(time, -1), layout, gamma, beta, options)
+        moved, frame = normalize_rows(
+            values.movedim(time, -1), layout, gamma, beta, options, statistics
+        )
         result = moved.movedim(-1, time).contiguous(), frame
     else:
         gamma_view, beta_view = _core.affine_views(layout, gamma, beta, options.eps)

@@ -68,7 +68,8 @@ def _select(frame: Frame, variates: Variates | None) -> Frame:
         where[axis] = index
         return value[tuple(where)]
 
-    return Frame(frame.layout, *(pick(value) for value in frame[1:]))
+    variance = None if frame.variance is None else pick(frame.variance)
+    return Frame(frame.layout, pick(frame.loc), variance, pick(frame.gain), pick(frame.offset))
 
 
 def _fit(

@@ -146,9 +146,11 @@ def normalize_rows(
     gamma: Tensor | None,
     beta: Tensor | None,
     options: Options,
+    statistics: bool = True,
 ) -> tuple[Tensor, Frame]:
     """The group-norm path over rows along the last axis of ``values``: the tensor in
-    ``layout``, or in ``layout`` with the time axis moved last."""
+    ``layout``, or in ``layout`` with the time axis moved last. Without ``statistics`` the
+    Frame's variance is left out (``None``) where it would cost an extra operation."""
     values = values.contiguous()  # the kernel reads any shape as (batch, channels, length)
     shape, time = values.shape, layout.time
     stats_shape = (*shape[:time], 1, *shape[time:-1])  # in layout, time kept with size 1
@@ -163,30 +165,35 @@ def normalize_rows(
     # var >= eps  <=>  rstd <= 1 / sqrt(eps) (clamp) or 1 / sqrt(2 eps) (add)
     rstd_limit = (eps if clamp else 2 * eps) ** -0.5
     limits = (rstd_limit, gain_bound)
-    y, stats, flagged, count_flagged = _pass(
-        values, weight, bias, channels, floor, limits, stats_shape, options, None
+    # per-row statistics keep the kernel's (batch, channels) shape until the Frame is built
+    y, loc, scale, flagged, count_flagged = _pass(
+        values, weight, bias, channels, floor, limits, options, None
     )
+    variance = None
     if count_flagged:  # the slow paths work on the (instances, time) view
         rows, y = values.view(-1, shape[-1]), y.view(-1, shape[-1])
-        if count_flagged > GATHER_SHARE * rows.shape[0] and bool(stats[0].isfinite().all()):
+        stats = (loc, _variance_from_scale(scale, options), scale)
+        if count_flagged > GATHER_SHARE * rows.shape[0] and bool(loc.isfinite().all()):
             # real data often sits far from 0: shift every row by its first-pass mean, once more
             if needs_grad(rows, weight, bias):
                 del y  # free the first output before the second is allocated
-                y, stats, flagged, count_flagged = _pass(
-                    rows, weight, bias, channels, floor, limits, stats_shape, options,
-                    stats[0].detach(),
-                )  # fmt: skip
+                y, loc, scale, flagged, count_flagged = _pass(
+                    rows, weight, bias, channels, floor, limits, options, loc.detach()
+                )
+                stats = (loc, _variance_from_scale(scale, options), scale)
             else:
                 y, stats, flagged, count_flagged = _shifted_in_place(
-                    y, rows, stats[0], weight, bias, channels, stats_shape, options
+                    y, rows, loc, weight, bias, channels, options
                 )
         if flagged is not None and count_flagged:
             y, stats = _redo(rows, y, stats, flagged.nonzero().view(-1), weight, bias, floor,
                              rstd_limit, options)  # fmt: skip
         y = y.view(shape)
-    mean, variance, scale = stats
-    gamma_view, beta_view = _core.affine_views(layout, gamma, beta, None)
-    return y, _core.make_frame(layout, mean, variance, scale, gamma_view, beta_view)
+        loc, variance, scale = stats
+    elif statistics:
+        variance = _variance_from_scale(scale, options)
+    # weight and bias repeat every `channels` rows, like the statistics: no affine views needed
+    return y, _core.make_frame(layout, loc, variance, scale, weight, bias).viewed(stats_shape)
 
 
 def _pass(
@@ -196,15 +203,15 @@ def _pass(
     channels: int,
     floor: float,
     limits: tuple[float, float],
-    stats_shape: tuple[int, ...],
     options: Options,
     shift: Tensor | None,
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None, int]:
-    """One kernel pass over ``rows - shift``: output, (loc, variance, scale), flagged rows.
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, int]:
+    """One kernel pass over ``rows - shift``: output, location, scale, flagged rows.
 
-    A row is flagged when the pass cannot vouch for it: an offset above ``OFFSET_LIMIT`` or
-    a variance below eps (``rstd`` above ``rstd_limit``), NaN included. ``limits`` holds
-    ``rstd_limit`` and an upper bound of ``max(|gamma'|, 1)``.
+    Location and scale have the kernel's ``(batch, channels)`` shape. A row is flagged when
+    the pass cannot vouch for it: an offset above ``OFFSET_LIMIT`` or a variance below eps
+    (``rstd`` above ``rstd_limit``), NaN included. ``limits`` holds ``rstd_limit`` and an upper
+    bound of ``max(|gamma'|, 1)``.
     """
     source = rows if shift is None else rows - shift.reshape(-1, 1)
     y, mean, rstd = _norm(source, weight, bias, channels, floor, options.detach)
@@ -213,10 +220,8 @@ def _pass(
     else:
         flagged = _flag(mean, rstd, weight, *limits)
     count_flagged = 0 if flagged is None else int(flagged.sum())
-    loc = mean.view(stats_shape) if shift is None else shift + mean.view(stats_shape)
-    scale = rstd.view(stats_shape).reciprocal()
-    variance = _variance_from_scale(scale, options)
-    return y, (loc, variance, scale), flagged, count_flagged
+    loc = mean if shift is None else shift + mean
+    return y, loc, rstd.reciprocal(), flagged, count_flagged
 
 
 def _guarded(gamma: Tensor, eps: float) -> tuple[Tensor, float]:
@@ -261,7 +266,6 @@ def _shifted_in_place(
     weight: Tensor | None,
     bias: Tensor | None,
     channels: int,
-    stats_shape: tuple[int, ...],
     options: Options,
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None, int]:
     """The shifted second pass without gradients, in the first pass's output buffer.
@@ -285,7 +289,7 @@ def _shifted_in_place(
     seen = variance >= options.eps if options.eps_mode == "clamp" else variance >= 0
     flagged = ~(seen & (mean.abs() <= SHIFTED_LIMIT * scale))  # NaN included
     count_flagged = int(flagged.sum())
-    stats = (shift + mean.view(stats_shape), variance.view(stats_shape), scale.view(stats_shape))
+    stats = (shift + mean.view_as(shift), variance.view_as(shift), scale.view_as(shift))
     return y, stats, (flagged if count_flagged else None), count_flagged
 
 
@@ -367,6 +371,7 @@ def _redo(
             None,
             options,
         )
+        assert frame.variance is not None  # the careful path always computes it
         part_loc, part_variance = frame.loc.view(-1), frame.variance.view(-1)
         part_scale = _core.scale_from_variance(part_variance, options.eps, options.eps_mode)
     merged = (

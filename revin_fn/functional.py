@@ -200,9 +200,12 @@ def revin(
         layout, gamma_vec, beta_vec, observed = _prepare(x, gamma, beta, pattern, mask, options)
     except (TypeError, ValueError) as error:
         raise _error("revin(x, gamma, beta)", error) from None
-    y, frame = _core.normalize(x, layout, gamma_vec, beta_vec, observed, options)
+    y, frame = _core.normalize(
+        x, layout, gamma_vec, beta_vec, observed, options, statistics=return_statistics
+    )
     reverse_fn = ReverseFn(frame)
     if return_statistics:
+        assert frame.variance is not None  # asked for with statistics=True
         return y, reverse_fn, Statistics(frame.loc, frame.variance, gamma, beta)
     return y, reverse_fn
 

@@ -347,6 +347,28 @@ def test_compile_fullgraph_matches_eager() -> None:
     torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("pattern", "column_path"), ROUTES)
+def test_asking_for_statistics_changes_nothing_else(pattern: str, column_path: bool) -> None:
+    """Without return_statistics the row path skips the variance: y and the inverse are the
+    same bit for bit, flagged instances included."""
+    torch.manual_seed(8)
+    x = torch.randn(shape_for(pattern, 5, 4, 40)) * 3 + 2
+    x[0] += 1e4  # one instance far from 0 (a second look), one constant (the careful path)
+    x[1] = 7.0
+    gamma, beta = torch.randn(4), torch.randn(4)
+    y_hat = torch.randn(shape_for(pattern, 5, 4, 12))
+    with columns(column_path):
+        y, reverse_fn = revin(x, gamma, beta, pattern=pattern)
+        y_stats, reverse_stats, stats = revin(
+            x, gamma, beta, pattern=pattern, return_statistics=True
+        )
+    assert torch.equal(y, y_stats)
+    assert torch.equal(reverse_fn(y_hat), reverse_stats(y_hat))
+    one = y_hat.narrow(pattern.split().index("v"), 2, 1)  # a forecast of variate 2 alone
+    assert torch.equal(reverse_fn(one, variates=[2]), reverse_stats(one, variates=[2]))
+    assert stats.variance.shape == stats.mean.shape
+
+
 def test_statistics_is_a_plain_namedtuple() -> None:
     _, _, stats = revin(torch.randn(2, 3, 8), return_statistics=True)
     assert type(stats) is Statistics and stats.mean.grad_fn is None
