@@ -402,6 +402,22 @@ def test_reverse_kernels_agree_with_gradients(pattern: str, monkeypatch) -> None
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_reverse_kernels_agree_bit_for_bit(dtype: torch.dtype, monkeypatch) -> None:
+    """Half-precision outputs: batch_norm with float32 factors rounds once, like the float32
+    multiply-add followed by the cast."""
+    torch.manual_seed(9)
+    _, reverse_fn = revin(torch.randn(6, 5, 40) * 4 + 9, torch.rand(5) + 0.5, torch.randn(5))
+    y_hat = torch.randn(6, 5, 24).to(dtype)
+    outputs = []
+    for smallest in (0, 1 << 62):
+        monkeypatch.setattr(_kernels, "SCALE_SHIFT_MIN", smallest)
+        outputs.append(reverse_fn(y_hat))
+    assert outputs[0].dtype == outputs[1].dtype == dtype
+    # both round a float32 result once (a fused multiply-add may move a tie by one unit)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=torch.finfo(dtype).eps, atol=0)
+
+
 @pytest.mark.parametrize(("pattern", "column_path"), [*ROUTES, pytest.param("v b t", False)])
 def test_strided_affine_vectors_equal_contiguous_ones(pattern: str, column_path: bool) -> None:
     """The kernels read their weights as contiguous vectors: a strided gamma must not leak."""
