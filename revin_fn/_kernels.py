@@ -76,15 +76,16 @@ def try_normalize(
 def scale_shift(values: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
     """``offset + values * gain``, the reverse, by whichever eager kernel is fastest here.
 
-    ``gain``/``offset`` are per instance. Measured on the 2-core CPU: with factors constant
-    along the last axis, below ``SCALE_SHIFT_MIN`` elements a multiply and an in-place add
+    ``gain``/``offset`` are per instance. Measured on the 2-core CPU, with factors constant
+    along the last axis: below ``SCALE_SHIFT_MIN`` elements a multiply and an in-place add
     (10 us at (32, 7, 96) against 28 us for ``addcmul``, whose loop is not vectorized when two
-    of its operands broadcast); from it, for contiguous input of the statistics' dtype, one
-    eval-mode ``batch_norm`` pass over ``(1, rows, time)`` with mean 0, variance 1 and eps 0,
-    so ``weight = gain`` and ``bias = offset`` exactly (0.70 ms at (32, 321, 336) against
-    0.96 ms for the multiply-add; bfloat16 input with float32 factors 0.59 ms against 3.2 ms
-    for ``addcmul`` and the cast). With factors varying along the last axis (``"b t v"``),
-    ``addcmul`` (21 us against 31 us for the multiply-add at (32, 96, 7)).
+    of its operands broadcast); from it, for contiguous input of the statistics' dtype (or half
+    precision on the CPU), one eval-mode ``batch_norm`` pass over ``(1, rows, time)`` with
+    mean 0, variance 1 and eps 0, so ``weight = gain`` and ``bias = offset`` exactly: 0.70 ms
+    at (32, 321, 336) against 0.96 ms for the multiply-add, and for bfloat16 input with float32
+    factors 0.59 ms against 3.2 ms for ``addcmul`` and the cast. With factors varying along the
+    last axis (``"b t v"``), ``addcmul``: 21 us against 31 us for the multiply-add at
+    (32, 96, 7).
     """
     if values.numel() < SCALE_SHIFT_MIN and gain.shape[-1] == 1:
         return (values * gain).add_(offset)
