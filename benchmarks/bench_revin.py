@@ -4,12 +4,12 @@
 also writes every number; ``--quick`` runs tiny shapes in seconds (the CI smoke test). Every
 run checks that revin_fn matches both reference formulas. Plain torch, nothing else.
 
-For each shape, layout and dtype it times forward (with statistics), reverse, forward+reverse
-and forward+reverse+backward, and counts the bytes autograd saves over forward+reverse, for
-(a) revin_fn, (b) the iTransformer formula, (c) the original RevIN formula and (d)
-``x.clone()``, the memory-bandwidth floor. The implementations and both layouts of a shape
-are interleaved in every repetition; medians are reported and every ratio compares medians
-from this one run.
+For each shape, layout and dtype it times forward (with statistics: revin_fn is called with
+``return_statistics=True`` throughout), reverse, forward+reverse and forward+reverse+backward,
+and counts the bytes autograd saves over forward+reverse, for (a) revin_fn, (b) the
+iTransformer formula, (c) the original RevIN formula and (d) ``x.clone()``, the
+memory-bandwidth floor. The implementations and both layouts of a shape are interleaved in
+every repetition; medians are reported and every ratio compares medians from this one run.
 """
 
 from __future__ import annotations
@@ -81,8 +81,14 @@ def original_pair(dim: int) -> tuple[Forward, Reverse]:
 
 
 def revin_fn_pair(pattern: str, **options: Any) -> tuple[Forward, Reverse]:
+    """revin with ``return_statistics=True``, like the reference formulas, whose state holds
+    the mean and variance (the statistics cost one more small operation)."""
+
     def forward(x: Tensor, gamma: Tensor, beta: Tensor) -> tuple[Tensor, State]:
-        return revin(x, gamma.view(-1), beta.view(-1), pattern=pattern, **options)
+        y, reverse_fn, _ = revin(
+            x, gamma.view(-1), beta.view(-1), pattern=pattern, return_statistics=True, **options
+        )
+        return y, reverse_fn
 
     return forward, lambda y, reverse_fn: reverse_fn(y)
 
@@ -175,8 +181,15 @@ class Case:
 # --- timing ------------------------------------------------------------------------------------
 
 
-def time_group(cases: list[Case], reps: int, budget: float) -> dict[tuple[str, str, str], float]:
-    """Median seconds per call for every (case, impl, op), all interleaved per repetition."""
+def time_group(
+    cases: list[Case], reps: int, budget: float, spread: float = 0.0
+) -> dict[tuple[str, str, str], float]:
+    """Median seconds per call for every (case, impl, op), all interleaved per repetition.
+
+    At least ``reps`` repetitions (fewer only past ``budget`` seconds), and more, up to ten
+    times as many, until ``spread`` seconds have passed: the samples of a fast group then span
+    seconds, so a passing stall of the machine moves the medians less.
+    """
     runners = {
         (case.name, impl, op): run
         for case in cases
@@ -191,7 +204,7 @@ def time_group(cases: list[Case], reps: int, budget: float) -> dict[tuple[str, s
         loops[key] = max(1, min(200, math.ceil(1e-3 / max(time.perf_counter() - start, 1e-7))))
     samples: dict[tuple[str, str, str], list[float]] = {key: [] for key in runners}
     began = time.perf_counter()
-    for rep in range(reps):
+    for rep in range(10 * reps):
         keys = list(runners) if rep % 2 == 0 else list(reversed(runners))
         for key in keys:
             run, count = runners[key], loops[key]
@@ -199,7 +212,8 @@ def time_group(cases: list[Case], reps: int, budget: float) -> dict[tuple[str, s
             for _ in range(count):
                 run()
             samples[key].append((time.perf_counter() - start) / count)
-        if rep >= 4 and time.perf_counter() - began > budget:
+        elapsed = time.perf_counter() - began
+        if (rep >= 4 and elapsed > budget) or (rep + 1 >= reps and elapsed > spread):
             break
     return {key: statistics.median(values) for key, values in samples.items()}
 
@@ -241,12 +255,12 @@ def time_compile(shape: tuple[int, int, int], reps: int) -> dict[str, float]:
 
 def run(quick: bool, compile_model: bool) -> dict[str, Any]:
     shapes = QUICK_SHAPES if quick else FULL_SHAPES
-    reps, budget = (3, 2.0) if quick else (15, 12.0)
+    reps, budget, spread = (3, 2.0, 0.0) if quick else (15, 12.0, 5.0)
     groups = [[Case(shape, pattern, torch.float32) for pattern in LAYOUTS] for shape in shapes]
     groups.append([Case(shapes[-2], "b v t", torch.bfloat16)])
     rows = []
     for cases in groups:
-        medians = time_group(cases, reps, budget)
+        medians = time_group(cases, reps, budget, spread)
         for case in cases:
             size = case.x.numel() * case.x.element_size()
             rows.append({
