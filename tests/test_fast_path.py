@@ -353,7 +353,7 @@ def test_asking_for_statistics_changes_nothing_else(pattern: str, column_path: b
     same bit for bit, flagged instances included."""
     torch.manual_seed(8)
     x = torch.randn(shape_for(pattern, 5, 4, 40)) * 3 + 2
-    x[0] += 1e4  # one instance far from 0 (a second look), one constant (the careful path)
+    x[0] += 1e4  # batch element 0 far from 0 (a second look), 1 constant (the careful path)
     x[1] = 7.0
     gamma, beta = torch.randn(4), torch.randn(4)
     y_hat = torch.randn(shape_for(pattern, 5, 4, 12))
@@ -403,7 +403,7 @@ def test_reverse_kernels_agree_with_gradients(pattern: str, monkeypatch) -> None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_reverse_kernels_agree_bit_for_bit(dtype: torch.dtype, monkeypatch) -> None:
+def test_half_precision_reverse_kernels_agree(dtype: torch.dtype, monkeypatch) -> None:
     """Half-precision outputs: batch_norm with float32 factors rounds once, like the float32
     multiply-add followed by the cast."""
     torch.manual_seed(9)
