@@ -29,7 +29,8 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from . import _core
-from ._rows import OFFSET_LIMIT, needs_grad
+from ._group_norm import needs_grad
+from ._rows import OFFSET_LIMIT
 
 if TYPE_CHECKING:  # _core imports the fast paths: use its names through the module at run time
     from ._core import Frame, Options

@@ -14,13 +14,13 @@ few reductions over per-instance statistics.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
 
 from . import _core
+from ._group_norm import needs_grad, norm
 from ._patterns import Layout
 
 if TYPE_CHECKING:  # _core imports this module: use its names through the module at run time
@@ -37,80 +37,6 @@ GATHER_SHARE = 0.25
 # residual offset that stays below 1e-6; beyond it (or below eps) the row takes the careful path.
 SHIFTED_LIMIT = 4.0
 ROWS = Layout("n t", 2, ("n", "t"), 1, None)  # the (instances, time) view the kernel works on
-
-
-def _group_norm(
-    rows: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int, floor: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``native_group_norm`` with one group per row (rows contiguous, time last; the kernel
-    reads it as ``(batch, channels, length)`` whatever its shape, and keeps that shape)."""
-    length = rows.shape[-1]
-    batch = rows.numel() // (channels * length)
-    return torch.native_group_norm(rows, weight, bias, batch, channels, length, channels, floor)
-
-
-class _RowNorm(torch.autograd.Function):
-    """``y = (rows - mean) * rstd * weight + bias`` per row, with differentiable mean and rstd.
-
-    ``native_group_norm`` returns mean and rstd without gradients; this Function adds their
-    terms to its backward (unless ``detach``). Saves ``rows`` and the per-row statistics.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        rows: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        channels: int,
-        floor: float,
-        detach: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        y, mean, rstd = _group_norm(rows, weight, bias, channels, floor)
-        ctx.save_for_backward(rows, mean, rstd, *(() if weight is None else (weight,)))
-        ctx.set_materialize_grads(False)
-        ctx.channels, ctx.detach = channels, detach  # type: ignore[attr-defined]
-        if detach:
-            ctx.mark_non_differentiable(mean, rstd)
-        return y, mean, rstd
-
-    @staticmethod
-    @once_differentiable
-    def backward(
-        ctx: Any, grad_y: Tensor | None, grad_mean: Tensor | None, grad_rstd: Tensor | None
-    ) -> tuple[Tensor | None, ...]:
-        rows, mean, rstd, *affine = ctx.saved_tensors
-        weight = affine[0] if affine else None
-        channels, length = ctx.channels, rows.shape[-1]
-        batch = rows.numel() // (channels * length)
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_x = grad_weight = grad_bias = None
-        if grad_y is not None:
-            mask = [need_x and not ctx.detach, need_weight, need_bias]
-            grid = (batch, channels, length)
-            # the kernel reads dY as contiguous; y.sum() sends an expanded (stride 0) one
-            grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
-                grad_y.contiguous().view(grid), rows.view(grid), mean, rstd, weight,
-                batch, channels, length, channels, mask,
-            )  # fmt: skip
-            if grad_x is not None:
-                grad_x = grad_x.view_as(rows)
-            if need_x and ctx.detach:  # statistics are constants: dy/dx = rstd * weight
-                factor = rstd if weight is None else rstd * weight
-                grad_x = grad_y * factor.reshape(*grad_y.shape[:-1], 1)
-        if need_x and not ctx.detach and (grad_mean is not None or grad_rstd is not None):
-            # mean = sum(x) / T and rstd = (var + floor)^(-1/2) with var = sum((x - mean)^2) / T:
-            # their terms are d/dx = (grad_mean - grad_rstd * rstd^3 * (x - mean)) / T.
-            slope = torch.zeros_like(mean) if grad_rstd is None else grad_rstd * rstd.pow(3)
-            shift = slope * mean if grad_mean is None else grad_mean + slope * mean
-            if grad_x is None:
-                grad_x = torch.zeros_like(rows)
-            per_row = grad_x.view(-1, length)
-            per_row.addcmul_(rows.view(-1, length), (slope / -length).reshape(-1, 1))
-            per_row.add_((shift / length).reshape(-1, 1))
-        if grad_x is None and need_x:
-            grad_x = torch.zeros_like(rows)
-        return grad_x, grad_weight, grad_bias, None, None, None
 
 
 def _weights(
@@ -133,11 +59,6 @@ def _weights(
         None if beta is None else beta.view(view).expand(shape).reshape(count).contiguous(),
         count,
     )
-
-
-def needs_grad(*tensors: Tensor | None) -> bool:
-    """Whether autograd records a call on these tensors (grad mode on, one requires grad)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def normalize_rows(
@@ -214,7 +135,7 @@ def _pass(
     bound of ``max(|gamma'|, 1)``.
     """
     source = rows if shift is None else rows - shift.reshape(-1, 1)
-    y, mean, rstd = _norm(source, weight, bias, channels, floor, options.detach)
+    y, mean, rstd = norm(source, weight, bias, channels, floor, options.detach)
     if mean.requires_grad:
         flagged = _flag(mean.detach(), rstd.detach(), weight, *limits)
     else:
@@ -311,21 +232,6 @@ def _scores(mean: Tensor, rstd: Tensor, weight: Tensor | None, rstd_limit: float
     return torch.maximum(offset.mul_(1 / OFFSET_LIMIT), rstd * (1 / rstd_limit))
 
 
-def _norm(
-    rows: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    channels: int,
-    floor: float,
-    detach: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    if needs_grad(rows, weight, bias):
-        return _RowNorm.apply(  # type: ignore[no-untyped-call,no-any-return]
-            rows, weight, bias, channels, floor, detach
-        )
-    return _group_norm(rows, weight, bias, channels, floor)
-
-
 def _redo(
     rows: Tensor,
     y: Tensor,
@@ -353,7 +259,7 @@ def _redo(
         shiftable = bool(shift.isfinite().all())
     fine = False
     if shiftable:
-        part_y, part_mean, part_rstd = _norm(
+        part_y, part_mean, part_rstd = norm(
             part - shift, part_weight, part_bias, redo.numel(), floor, options.detach
         )
         with torch.no_grad():
