@@ -136,10 +136,8 @@ def _pass(
     """
     source = rows if shift is None else rows - shift.reshape(-1, 1)
     y, mean, rstd = norm(source, weight, bias, channels, floor, options.detach)
-    if mean.requires_grad:
-        flagged = _flag(mean.detach(), rstd.detach(), weight, *limits)
-    else:
-        flagged = _flag(mean, rstd, weight, *limits)
+    checked = (mean.detach(), rstd.detach()) if mean.requires_grad else (mean, rstd)
+    flagged = _flag(*checked, weight, *limits)
     count_flagged = 0 if flagged is None else int(flagged.sum())
     loc = mean if shift is None else shift + mean
     return y, loc, rstd.reciprocal(), flagged, count_flagged
