@@ -1,6 +1,6 @@
 """Mergeable per-variate moments for dataset-level statistics (streamed, optionally distributed).
 
-A batch's moments come from the core (``_core.moments`` over all non-variate axes, in
+A batch's moments come from the core (``_reference.moments`` over all non-variate axes, in
 float64); batches, and ranks, are combined with Chan et al.'s parallel merge of
 (count, mean, M2). Nothing is concatenated.
 """
@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _core
-from ._core import EMPTY_VARIANCE, Options
+from . import _reference
+from ._options import EMPTY_VARIANCE, Options
 from ._patterns import Layout, parse
 
 CHUNK = 1 << 22  # elements per chunk when adapt is given one large tensor
@@ -51,7 +51,7 @@ def batch_moments(x: Tensor, observed: Tensor | None, layout: Layout) -> Moments
         count = seen.sum(1, dtype=torch.float64)
     else:
         count = torch.full(values.shape[:1], values.shape[1], dtype=torch.float64)
-    loc, variance, _ = _core.moments(values, seen, 1, Options())
+    loc, variance, _ = _reference.moments(values, seen, 1, Options())
     count = count.to(values.device)
     return Moments(count, loc.squeeze(1), variance.squeeze(1) * count)
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import Tensor
 
-from . import RevINError, RevINTypeError, _core, _kernels
-from ._core import Frame
+from . import RevINError, RevINTypeError, backends
+from ._options import stats_dtype
+from ._reference import Frame
 
 if TYPE_CHECKING:
     from torch.distributions import Distribution
@@ -25,31 +27,69 @@ def _check_tensor(name: str, value: object) -> Tensor:
     return value
 
 
-def _variate_index(variates: Variates, size: int) -> Tensor | slice | int:
-    """Turn a ``variates=`` selection into something that indexes an axis of length size."""
+def _variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
+    """Turn a ``variates=`` selection into something that indexes an axis of length ``size``,
+    for an output holding ``count`` variates. Reads no tensor value on the host."""
     if isinstance(variates, slice):
         return variates
-    if isinstance(variates, int) and not isinstance(variates, bool):
+    if isinstance(variates, Tensor):
+        return _tensor_index(variates, size, count)
+    if isinstance(variates, bool) or not isinstance(variates, int | Sequence | range):
+        if hasattr(variates, "__index__") and not isinstance(variates, bool):
+            variates = operator.index(variates)  # numpy integers
+        else:
+            raise TypeError(
+                "variates must be an int, a sequence of ints, a slice or a bool mask, "
+                f"got {type(variates).__name__} {variates!r}"
+            )
+    if isinstance(variates, int):
         if not -size <= variates < size:
             raise ValueError(f"variates={variates} is out of range for {size} variates")
         return slice(variates % size, variates % size + 1)
-    index = torch.as_tensor(variates)
-    if index.dtype == torch.bool:
-        if index.shape != (size,):
-            raise ValueError(
-                f"a bool variates mask needs shape ({size},), got {tuple(index.shape)}"
+    items = list(variates)
+    if items and all(isinstance(item, bool) for item in items):
+        if len(items) != size:
+            raise ValueError(f"a bool variates mask needs {size} entries, got {len(items)}")
+        items = [i for i, keep in enumerate(items) if keep]
+    picked = []
+    for item in items:
+        if isinstance(item, bool) or not hasattr(item, "__index__"):
+            raise TypeError(
+                f"variates must hold ints (or only bools), got {type(item).__name__} {item!r} "
+                f"in {variates!r}"
             )
-        return index.nonzero().flatten()
-    if index.ndim != 1 or index.is_floating_point() or index.is_complex():
-        raise ValueError(
-            f"variates must be an int, a list of ints, a slice or a bool mask, got {variates!r}"
+        index = operator.index(item)
+        if not -size <= index < size:
+            raise ValueError(f"variates={variates!r} is out of range for {size} variates")
+        picked.append(index % size)
+    return torch.tensor(picked, dtype=torch.long)
+
+
+def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:
+    """An index tensor from an int or bool tensor, checked without a host read: a bool mask
+    must have ``count`` True entries (checked asynchronously on accelerators); ints out of range
+    raise in ``index_select``."""
+    if variates.dtype == torch.bool:
+        if variates.shape != (size,):
+            raise ValueError(
+                f"a bool variates mask needs shape ({size},), got {tuple(variates.shape)}"
+            )
+        torch._assert_async(
+            variates.sum() == count,
+            f"reverse_fn(y_hat): the bool variates mask must hold {count} True entries, "
+            f"one per variate of y_hat",
         )
-    if index.numel() and not (-size <= int(index.min()) and int(index.max()) < size):
-        raise ValueError(f"variates={variates!r} is out of range for {size} variates")
-    return index % size
+        # the positions of the True entries, in order, without nonzero(): True sorts first
+        return torch.argsort((~variates).to(torch.uint8), stable=True)[:count]
+    if variates.ndim != 1 or variates.is_floating_point() or variates.is_complex():
+        raise ValueError(
+            "variates must be an int, a sequence of ints, a slice or a bool mask, got a "
+            f"tensor of dtype {variates.dtype} and shape {tuple(variates.shape)}"
+        )
+    return torch.where(variates < 0, variates + size, variates)
 
 
-def _select(frame: Frame, variates: Variates | None) -> Frame:
+def _select(frame: Frame, variates: Variates | None, shape: Sequence[int]) -> Frame:
     axis = frame.layout.variate
     if variates is None:
         return frame
@@ -57,19 +97,27 @@ def _select(frame: Frame, variates: Variates | None) -> Frame:
         raise ValueError(
             f'variates= needs a variate axis "v" in the pattern "{frame.layout.pattern}"'
         )
-    index = _variate_index(variates, frame.loc.shape[axis])
+    count = shape[axis] if len(shape) == frame.layout.ndim else 0
+    index = _variate_index(variates, frame.loc.shape[axis], count)
     where: list[slice | int] = [slice(None)] * frame.layout.ndim
 
     def pick(value: Tensor) -> Tensor:
         if value.shape[axis] == 1:
             return value
         if isinstance(index, Tensor):
-            return value.index_select(axis, index.to(value.device))
+            try:
+                return value.index_select(axis, index.to(value.device))
+            except (IndexError, RuntimeError):
+                raise ValueError(
+                    f"variates= holds an index out of range for {value.shape[axis]} variates"
+                ) from None
         where[axis] = index
         return value[tuple(where)]
 
     variance = None if frame.variance is None else pick(frame.variance)
-    return Frame(frame.layout, pick(frame.loc), variance, pick(frame.gain), pick(frame.offset))
+    return Frame(
+        frame.layout, pick(frame.loc), variance, pick(frame.gain), pick(frame.offset), frame.dtype
+    )
 
 
 def _fit(
@@ -112,10 +160,14 @@ def _fit(
 def _undo(frame: Frame, y: Tensor, shift: bool, stepwise: bool | None) -> Tensor:
     """``offset + y * gain`` (``y * |gain|`` without shift) after checking shapes."""
     _check_tensor("y_hat", y)
+    _check_device("y_hat", y, frame.loc)
     gain, offset = _fit(frame, y.shape, stepwise)
-    # the float32 statistics promote a half-precision y inside the one fused op (no upcast copy)
-    x = (y * gain.abs()) if not shift else _kernels.scale_shift(y, gain, offset)
-    return x if x.dtype == y.dtype else x.to(y.dtype)
+    # data units come back at least in the input's dtype (autocast outputs are upcast)
+    dtype = torch.promote_types(frame.dtype, y.dtype)
+    if y.dtype != dtype:
+        y = y.to(dtype)
+    x = (y * gain.abs()) if not shift else backends.scale_shift(y, gain, offset)
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 class ReverseFn:
@@ -150,7 +202,8 @@ class ReverseFn:
                 exactly when ``y_hat`` has the input's length.
         """
         try:
-            return _undo(_select(self._frame, variates), y_hat, shift, stepwise)
+            shape = y_hat.shape if isinstance(y_hat, Tensor) else ()
+            return _undo(_select(self._frame, variates, shape), y_hat, shift, stepwise)
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn(y_hat)", error) from None
 
@@ -165,7 +218,7 @@ class ReverseFn:
         from ._dist import AffineDistribution
 
         try:
-            frame = _select(self._frame, variates)
+            frame = _select(self._frame, variates, dist.batch_shape)
             gain, offset = _fit(frame, dist.batch_shape, None, "dist.batch_shape")
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.distribution(dist)", error) from None
@@ -180,15 +233,23 @@ class ReverseFn:
         then holds level ``1 - tau_{Q-1-k}``, which equals ``tau_k`` for symmetric levels.
         """
         try:
-            frame = _select(self._frame, variates)
             _check_tensor("q_hat", q_hat)
+            frame = _select(self._frame, variates, q_hat.shape[:-1])
             gain, offset = _fit(frame, q_hat.shape[:-1], None, "q_hat without its quantile axis")
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.quantiles(q_hat)", error) from None
         gain, offset = gain.unsqueeze(-1), offset.unsqueeze(-1)
-        values = q_hat.to(_core.stats_dtype(q_hat.dtype))
-        data = torch.addcmul(offset, values, gain).to(q_hat.dtype)
+        values = q_hat.to(stats_dtype(q_hat.dtype))
+        dtype = torch.promote_types(self._frame.dtype, q_hat.dtype)
+        data = torch.addcmul(offset, values, gain).to(dtype)
         return torch.where(gain < 0, data.flip(-1), data)
+
+
+def _check_device(name: str, value: Tensor, reference: Tensor) -> None:
+    if value.device != reference.device:
+        raise ValueError(
+            f"{name} is on {value.device}, expected {reference.device} like the statistics"
+        )
 
 
 def _error(call: str, error: Exception) -> RevINError:

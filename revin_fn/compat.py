@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from . import RevINError
-from ._core import DEFAULT_EPS, Options, check_options
+from ._options import DEFAULT_EPS, Options, check_options
 from ._reverse import ReverseFn, Variates
 from .functional import revin
 

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import RevINError, _core, _moments
-from ._core import DEFAULT_EPS, Options
+from . import RevINError, _moments, _reference
+from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import parse
 from ._reverse import ReverseFn, _check_tensor, _error
 from .functional import Mask, Statistics, _observed
@@ -91,7 +91,7 @@ def adapt(
 
 def _fixed_frame(
     x: Tensor, stats: Statistics, pattern: str, eps: float, eps_mode: str
-) -> _core.Frame:
+) -> _reference.Frame:
     """The Frame of fixed statistics, broadcast over the instances of ``x`` (no copy)."""
     _check_tensor("x", x)
     mean, variance, gamma, beta = stats
@@ -115,13 +115,13 @@ def _fixed_frame(
             f"stats.mean has shape {tuple(mean.shape)}, expected {size} (one value per "
             f'variate) or () for x of shape {tuple(x.shape)} with pattern "{pattern}"'
         )
-    sdtype = _core.stats_dtype(x.dtype)
+    sdtype = stats_dtype(x.dtype)
 
     def place(value: Tensor) -> Tensor:
         return value.to(x.device, sdtype).reshape(view).expand(shape)
 
     fixed = Statistics(place(mean), place(variance), gamma, beta)
-    return _frame_from_statistics(fixed, pattern, eps, eps_mode)
+    return _frame_from_statistics(fixed, pattern, eps, eps_mode, x.dtype)
 
 
 def normalize(
@@ -162,13 +162,13 @@ def _normalize(
     call: str, x: Tensor, stats: Statistics, pattern: str, eps: float, eps_mode: str, invert: bool
 ) -> tuple[Tensor, ReverseFn]:
     try:
-        _core.check_options(Options(eps, eps_mode))
+        check_options(Options(eps, eps_mode))
         frame = _fixed_frame(x, stats, pattern, eps, eps_mode)
     except (TypeError, ValueError) as error:
         raise _error(call, error) from None
     if invert:
-        return ReverseFn(frame)(x), ReverseFn(_core.invert_frame(frame))
-    return _core.forward_frame(x, frame), ReverseFn(frame)
+        return ReverseFn(frame)(x), ReverseFn(_reference.invert_frame(frame))
+    return _reference.forward_frame(x, frame), ReverseFn(frame)
 
 
 class Normalization(nn.Module):
@@ -217,7 +217,7 @@ class Normalization(nn.Module):
         super().__init__()
         call = f"Normalization(num_variates={num_variates!r})"
         try:
-            _core.check_options(Options(eps, eps_mode))
+            check_options(Options(eps, eps_mode))
             if not isinstance(num_variates, int) or num_variates < 1:
                 raise ValueError(f"num_variates must be a positive int, got {num_variates!r}")
             if "v" not in parse(pattern, len(pattern.split())).names:

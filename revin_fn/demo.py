@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import RevINError
-from ._core import DEFAULT_EPS
+from ._options import DEFAULT_EPS
 from .ett import Scaler, Table, split_borders
 from .functional import Statistics, revin
 from .module import RevIN

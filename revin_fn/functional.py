@@ -1,4 +1,4 @@
-"""``revin`` and ``reverse``: the public, stateless face of the math in ``_core``."""
+"""``revin`` and ``reverse``: the public, stateless face of the math in ``_reference``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Literal, NamedTuple, Union, overload
 import torch
 from torch import Tensor
 
-from . import _core
-from ._core import DEFAULT_EPS, Frame, Options
+from . import _reference, backends
+from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import Layout, parse
+from ._reference import Frame
 from ._reverse import ReverseFn, Variates, _check_tensor, _error
 
 Mask = Union[Tensor, Literal["nan"]]  # noqa: UP007
@@ -59,7 +60,7 @@ def _affine_vector(name: str, value: Tensor | None, x: Tensor, layout: Layout) -
             f'for x of shape {tuple(x.shape)} with pattern "{layout.pattern}"'
         )
     vector = value if value.ndim == 1 else value.reshape(size)
-    sdtype = _core.stats_dtype(x.dtype)
+    sdtype = stats_dtype(x.dtype)
     return vector if vector.dtype == sdtype else vector.to(sdtype)
 
 
@@ -94,7 +95,7 @@ def _prepare(
     options: Options,
 ) -> tuple[Layout, Tensor | None, Tensor | None, Tensor | None]:
     _check_tensor("x", x)
-    _core.check_options(options)
+    check_options(options)
     layout = parse(pattern, x.ndim)
     if x.shape[layout.time] == 0:
         raise ValueError(f'x has shape {tuple(x.shape)}: the time axis "t" is empty')
@@ -200,9 +201,12 @@ def revin(
         layout, gamma_vec, beta_vec, observed = _prepare(x, gamma, beta, pattern, mask, options)
     except (TypeError, ValueError) as error:
         raise _error("revin(x, gamma, beta)", error) from None
-    y, frame = _core.normalize(
-        x, layout, gamma_vec, beta_vec, observed, options, statistics=return_statistics
-    )
+    try:
+        y, frame = backends.normalize(
+            x, layout, gamma_vec, beta_vec, observed, options, return_statistics
+        )
+    except ValueError as error:  # a forced backend that cannot take the call
+        raise _error("revin(x, gamma, beta)", error) from None
     reverse_fn = ReverseFn(frame)
     if return_statistics:
         assert frame.variance is not None  # asked for with statistics=True
@@ -210,26 +214,30 @@ def revin(
     return y, reverse_fn
 
 
-def frame_from_statistics(stats: Statistics, pattern: str, eps: float, eps_mode: str) -> Frame:
-    """Rebuild the inverse of a ``revin`` call from its Statistics (same options required)."""
+def frame_from_statistics(
+    stats: Statistics, pattern: str, eps: float, eps_mode: str, dtype: torch.dtype | None = None
+) -> Frame:
+    """Rebuild the inverse of a ``revin`` call from its Statistics (same options required);
+    ``dtype``: the input's (default: the statistics')."""
     mean, variance, gamma, beta = stats
     _check_tensor("stats.mean", mean)
     _check_tensor("stats.variance", variance)
-    _core.check_options(Options(eps, eps_mode))
+    check_options(Options(eps, eps_mode))
     layout = parse(pattern, mean.ndim)
+    dtype = mean.dtype if dtype is None else dtype
     if variance.shape != mean.shape:
         raise ValueError(
             f"stats.variance has shape {tuple(variance.shape)}, "
             f"expected {tuple(mean.shape)} like stats.mean"
         )
-    gamma_view, beta_view = _core.affine_views(
+    gamma_view, beta_view = _reference.affine_views(
         layout,
         _affine_vector("stats.gamma", gamma, mean, layout),
         _affine_vector("stats.beta", beta, mean, layout),
         eps,
     )
-    scale = _core.scale_from_variance(variance, eps, eps_mode)
-    return _core.make_frame(layout, mean, variance, scale, gamma_view, beta_view)
+    scale = _reference.scale_from_variance(variance, eps, eps_mode)
+    return _reference.make_frame(layout, mean, variance, scale, gamma_view, beta_view, dtype)
 
 
 def reverse(

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from . import RevINError
-from ._core import DEFAULT_EPS, Frame, Options, check_options, stats_dtype
+from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import parse
+from ._reference import Frame
 from ._reverse import ReverseFn, Variates, _check_tensor, _error
 from .functional import Mask, Statistics, reverse, revin
 
@@ -147,7 +148,7 @@ class RevIN(nn.Module):
         shape[layout.time] = 1
         zero = x.new_zeros(shape, dtype=stats_dtype(x.dtype))
         one = torch.ones_like(zero)
-        identity = ReverseFn(Frame(layout, zero, one, one, zero))
+        identity = ReverseFn(Frame(layout, zero, one, one, zero, x.dtype))
         if return_statistics:
             return x, identity, Statistics(zero, one, None, None)
         return x, identity

@@ -201,7 +201,7 @@ def test_denorm_before_norm_and_bad_mode_raise(cls):
         layer(torch.randn(2, 5, 3, 1), mode="norm")
     with pytest.raises(RevINError, match=r"num_features must be a positive int, got 0"):
         cls(0)
-    with pytest.raises(RevINError, match=r"eps must be a positive number"):
+    with pytest.raises(RevINError, match=r"eps must be a finite number >= 1.18e-38"):
         cls(3, eps=0.0)
 
 

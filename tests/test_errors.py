@@ -25,8 +25,10 @@ X = torch.randn(4, 7, 32)
             r"eps_mode must be one of \('clamp', 'add', 'add_std'\), got 'sqrt'",
         ),
         ({"method": "median"}, r"method must be one of .* got 'median'"),
-        ({"eps": 0.0}, r"eps must be a positive number, got 0.0"),
-        ({"eps": -1e-5}, r"eps must be a positive number"),
+        ({"eps": 0.0}, r"eps must be a finite number >= 1.18e-38 .*, got 0.0"),
+        ({"eps": -1e-5}, r"eps must be a finite number >= 1.18e-38"),
+        ({"eps": 1e-40}, r"eps must be .* \(the smallest normal float32\)"),
+        ({"eps": float("inf")}, r"eps must be a finite number"),
         ({"causal": True, "method": "robust"}, r"causal=True supports method in"),
         ({"causal": True, "subtract_last": True}, r"choose one"),
         ({"mask": "zero"}, r'mask must be a bool tensor or the string "nan", got \'zero\''),
@@ -118,8 +120,13 @@ def test_reverse_fn_checks_what_it_is_given(y_hat, message):
     [
         (7, r"variates=7 is out of range for 7 variates"),
         ([0, 9], r"variates=\[0, 9\] is out of range for 7 variates"),
-        ([True, False], r"a bool variates mask needs shape \(7,\), got \(2,\)"),
-        ([0.5], r"variates must be an int, a list of ints, a slice or a bool mask"),
+        ([True, False], r"a bool variates mask needs 7 entries, got 2"),
+        (torch.tensor([True, False]), r"a bool variates mask needs shape \(7,\), got \(2,\)"),
+        ([0.5], r"variates must hold ints \(or only bools\), got float 0.5 in \[0.5\]"),
+        ([None], r"variates must hold ints \(or only bools\), got NoneType None"),
+        ({0}, r"variates must be an int, a sequence of ints, a slice or a bool mask, got set"),
+        (torch.tensor([0, 9]), r"variates= holds an index out of range for 7 variates"),
+        (torch.tensor([0.5]), r"got a tensor of dtype torch.float32"),
     ],
 )
 def test_bad_variates_selection(variates, message):

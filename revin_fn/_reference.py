@@ -1,8 +1,11 @@
-"""The one implementation of the RevIN math: statistics, normalization and its inverse.
+"""The reference: the one implementation of the RevIN math, the specification of every backend.
 
-Everything public (``revin``, ``reverse``, ``RevIN``, the adapters) is a thin shell over
-:func:`normalize` and :class:`Frame`. Inner functions raise short facts as ``ValueError``;
-the public functions add the name of the call.
+Statistics, normalization and its inverse for every option (methods, masks, causal,
+subtract_last, both eps rules, the gamma guard). It reads no tensor value on the host and has
+no value-dependent control flow, so the same code runs eagerly on any device, under
+``torch.compile``, ``torch.export``, ``torch.jit.trace``, ``torch.func`` transforms, forward-
+and double-backward AD and on fake or meta tensors. The faster backends
+(``revin_fn.backends``) are tested against it value for value and gradient for gradient.
 """
 
 from __future__ import annotations
@@ -12,48 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import _kernels
+from ._options import EMPTY_VARIANCE, IQR_PER_STD, Options, stats_dtype
 from ._patterns import Layout
-
-DEFAULT_EPS = 1e-5
-EPS_MODES = ("clamp", "add", "add_std")
-METHODS = ("std", "robust", "minmax", "meanabs")
-CAUSAL_METHODS = ("std", "minmax", "meanabs")
-IQR_PER_STD = 1.349  # interquartile range of the standard normal distribution
-EMPTY_VARIANCE = 1.0  # variance given to an instance with no observed step (unit scale)
-
-
-class Options(NamedTuple):
-    """Every option that changes the math; hashable, so it can key caches."""
-
-    eps: float = DEFAULT_EPS
-    eps_mode: str = "clamp"
-    detach: bool = False
-    subtract_last: bool = False
-    method: str = "std"
-    causal: bool = False
-
-
-def check_options(options: Options) -> None:
-    if options.eps_mode not in EPS_MODES:
-        raise ValueError(f"eps_mode must be one of {EPS_MODES}, got {options.eps_mode!r}")
-    if options.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {options.method!r}")
-    if not options.eps > 0:
-        raise ValueError(f"eps must be a positive number, got {options.eps!r}")
-    if options.causal and options.method not in CAUSAL_METHODS:
-        raise ValueError(
-            f"causal=True supports method in {CAUSAL_METHODS}, got method={options.method!r}"
-        )
-    if options.causal and options.subtract_last:
-        raise ValueError(
-            "causal=True with subtract_last=True would center every step on itself; choose one"
-        )
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics are float64 for float64 input and float32 for every other float."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def scale_from_variance(variance: Tensor, eps: float, eps_mode: str) -> Tensor:
@@ -96,7 +59,8 @@ class Frame(NamedTuple):
     ``loc`` and ``variance`` keep the time axis (size 1, or the full length when causal);
     ``gain`` is ``scale / gamma`` and ``offset`` is ``loc - beta * gain``, so the inverse is
     the single fused ``offset + y * gain``. ``variance`` is ``None`` where the call asked for
-    no statistics and computing it would have cost an operation.
+    no statistics and computing it would have cost an operation. ``dtype`` is the input's:
+    data units come back at least in it.
     """
 
     layout: Layout
@@ -104,13 +68,14 @@ class Frame(NamedTuple):
     variance: Tensor | None
     gain: Tensor
     offset: Tensor
+    dtype: torch.dtype
 
     def viewed(self, shape: tuple[int, ...]) -> Frame:
         """The same Frame with every tensor viewed as ``shape``."""
         variance = None if self.variance is None else self.variance.view(shape)
         return Frame(
             self.layout, self.loc.view(shape), variance, self.gain.view(shape),
-            self.offset.view(shape),
+            self.offset.view(shape), self.dtype,
         )  # fmt: skip
 
 
@@ -121,10 +86,12 @@ def make_frame(
     scale: Tensor,
     gamma: Tensor | None,
     beta: Tensor | None,
+    dtype: torch.dtype,
 ) -> Frame:
+    """The Frame of statistics ``loc``/``scale`` and the guarded affine, for input of ``dtype``."""
     gain = scale if gamma is None else scale / gamma
     offset = loc if beta is None else torch.addcmul(loc, beta, gain, value=-1)
-    return Frame(layout, loc, variance, gain, offset)
+    return Frame(layout, loc, variance, gain, offset, dtype)
 
 
 def forward_frame(x: Tensor, frame: Frame) -> Tensor:
@@ -183,24 +150,24 @@ def _std_moments(
     """Location, variance and ``x - location`` for ``method="std"``.
 
     Moments are taken after shifting each instance by a constant of its own (a first
-    estimate of its mean, or its first observed value when causal), which keeps the
+    estimate of its mean, or its first observed value when causal, detached), which keeps the
     result accurate when the offset is many times the standard deviation.
     """
     count = _count(observed, x, dim, options.causal)
     safe_count = count.clamp(min=1) if isinstance(count, Tensor) else count
-    with torch.no_grad():
-        if options.causal:
-            shift = _first_observed(x, observed, dim)
-        else:
-            shift = x.sum(dim, keepdim=True) / safe_count
+    if options.causal:
+        shift = _first_observed(x, observed, dim).detach()
+    else:
+        shift = (x.sum(dim, keepdim=True) / safe_count).detach()
     shifted = x - shift
     if observed is not None:
         shifted = shifted.masked_fill(~observed, 0)
-    if options.causal:  # running sums lose accuracy with length: accumulate in float64
+    if options.causal:  # running sums lose accuracy with length: accumulate and subtract in float64
         wide = shifted.double()
-        mean = (wide.cumsum(dim) / safe_count).to(x.dtype)
-        second = (wide.square().cumsum(dim) / safe_count).to(x.dtype)
-        variance = (second - mean.square()).clamp(min=0)
+        wide_mean = wide.cumsum(dim) / safe_count
+        second = wide.square().cumsum(dim) / safe_count
+        mean = wide_mean.to(x.dtype)
+        variance = (second - wide_mean.square()).clamp(min=0).to(x.dtype)
     else:
         mean = shifted.sum(dim, keepdim=True) / safe_count
         deviation = shifted - mean
@@ -213,16 +180,24 @@ def _std_moments(
 
 
 def _robust_moments(x: Tensor, observed: Tensor | None, dim: int) -> tuple[Tensor, Tensor]:
-    """Median and squared robust scale: IQR / 1.349, else mean absolute deviation, else 0."""
-    values = x if observed is None else x.masked_fill(~observed, float("nan"))
+    """Median and squared robust scale: IQR / 1.349, else mean absolute deviation, else 0.
+
+    Quantiles are taken after shifting each instance by its first observed value (detached),
+    so they stay accurate far from 0; an instance with nothing observed is read as zeros, so
+    no NaN reaches its statistics or the gradients.
+    """
+    shift = _first_observed(x, observed, dim).detach()
+    values = x - shift
+    if observed is not None:
+        seen = observed.any(dim, keepdim=True)
+        values = values.masked_fill(~observed & seen, float("nan")).masked_fill(~seen, 0)
     levels = torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device)
     quartiles = values.nanquantile(levels, dim=dim, keepdim=True)
     lower, median, upper = quartiles.unbind(0)
     iqr_scale = (upper - lower) / IQR_PER_STD
-    deviation = (values - median).abs()
-    mad = deviation.nanmean(dim, keepdim=True)
+    mad = (values - median).abs().nanmean(dim, keepdim=True)
     scale = torch.where(iqr_scale > 0, iqr_scale, mad)
-    return median, scale.square()
+    return shift + median, scale.square()
 
 
 def _other_moments(
@@ -288,34 +263,14 @@ def normalize(
     beta: Tensor | None,
     observed: Tensor | None,
     options: Options,
-    statistics: bool = True,
 ) -> tuple[Tensor, Frame]:
     """Normalize ``x`` per instance along ``layout.time``; see ``revin`` for the formula.
 
-    ``gamma`` (not yet guarded) and ``beta`` are ``(V,)`` vectors in the statistics dtype.
-    Returns the output in ``x.dtype`` and its Frame: from the fast paths (``_kernels``) where
-    they apply, else from :func:`normalize_careful`. Without ``statistics`` the Frame's
-    variance may be ``None``.
+    ``gamma`` (not yet guarded) and ``beta`` are ``(V,)`` vectors in the statistics dtype,
+    ``observed`` is ``None`` or a bool tensor of ``x``'s shape. Returns the output in
+    ``x.dtype`` and the Frame that inverts it.
     """
-    fast = _kernels.try_normalize(x, layout, gamma, beta, observed, options, statistics)
-    if fast is not None:
-        return fast
-    gamma_view, beta_view = affine_views(layout, gamma, beta, options.eps)
-    return normalize_careful(x, layout, gamma_view, beta_view, observed, options)
-
-
-def normalize_careful(
-    x: Tensor,
-    layout: Layout,
-    gamma: Tensor | None,
-    beta: Tensor | None,
-    observed: Tensor | None,
-    options: Options,
-) -> tuple[Tensor, Frame]:
-    """:func:`normalize` by the reference math, for every option and input.
-
-    ``gamma`` (guarded) and ``beta`` are shaped to broadcast along the variate axis.
-    """
+    gamma, beta = affine_views(layout, gamma, beta, options.eps)
     sdtype = stats_dtype(x.dtype)
     values = x.to(sdtype)
     if observed is not None:
@@ -326,4 +281,9 @@ def normalize_careful(
     y = centered * factor if beta is None else torch.addcmul(beta, centered, factor)
     if observed is not None:
         y = torch.where(observed, y, x.to(sdtype))
-    return y.to(x.dtype), make_frame(layout, loc, variance, scale, gamma, beta)
+    return y.to(x.dtype), make_frame(layout, loc, variance, scale, gamma, beta, x.dtype)
+
+
+def scale_shift(y: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
+    """``offset + y * gain``: the reverse, in the statistics' dtype (one fused op)."""
+    return torch.addcmul(offset, y, gain)

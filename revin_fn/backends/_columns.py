@@ -13,28 +13,28 @@ written into ``y``'s own buffer, so the call allocates one input-sized tensor. W
 same few passes (the group-norm backward, reductions along the time axis).
 
 The two-pass variance is accurate while the mean is accurate, and the fused output rounds at the
-size of ``mean * factor``: an instance whose ``|mean| / scale * max(|gamma'|, 1)`` exceeds
-``OFFSET_LIMIT`` (or that is not finite) sends the call once more through this path after
-subtracting each instance's first-pass mean, and, if that still does not vouch for every
-instance, to ``_core.normalize_careful``. The eps rule is applied to the variance computed
-here, so instances with a variance below eps need no second look.
+size of ``mean * factor``: when some instance's ``|mean| / scale * max(|gamma'|, 1)`` exceeds
+``OFFSET_LIMIT`` (or is not finite), which one host read tells, the call goes once more through
+these passes after subtracting each instance's first-pass mean. The eps rule is applied to the
+variance computed here, so instances with a variance below eps need nothing more. The backward
+is fused; recorded for double backward, it is the vector-Jacobian product of the same formula in
+differentiable ops.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
-from . import _core
+from .. import _reference
+from .._options import Options
+from .._patterns import Layout
+from .._reference import Frame
 from ._group_norm import needs_grad
-from ._rows import OFFSET_LIMIT
-
-if TYPE_CHECKING:  # _core imports the fast paths: use its names through the module at run time
-    from ._core import Frame, Options
-    from ._patterns import Layout
+from ._rows import SHIFTED, check_code, steps
 
 
 def normalize_columns(
@@ -43,46 +43,35 @@ def normalize_columns(
     gamma: Tensor | None,
     beta: Tensor | None,
     options: Options,
-) -> tuple[Tensor, Frame] | None:
-    """``_core.normalize`` of ``values`` (statistics dtype) for time not last, or ``None``.
-
-    ``gamma`` (guarded) and ``beta`` broadcast along the variate axis.
-    """
-    result = _attempt(values, layout, gamma, beta, options, None)
-    if result is None:
-        with torch.no_grad():
-            shift = values.mean(layout.time, keepdim=True)
-            if not bool(shift.isfinite().all()):  # non-finite values: a shift cannot help
-                return None
-        result = _attempt(values, layout, gamma, beta, options, shift)
-    return result
+    dtype: torch.dtype,
+) -> tuple[Tensor, Frame, str]:
+    """The column route of ``values`` (statistics dtype, time not last); ``gamma`` (guarded)
+    and ``beta`` broadcast along the variate axis; ``dtype`` is the caller's input dtype."""
+    y, mean, variance, scale = _attempt(values, gamma, beta, layout.time, options)
+    with torch.no_grad():
+        offset = mean.abs() / scale
+        if gamma is not None:
+            offset = offset * gamma.detach().abs().amax().clamp(min=1)
+        code = check_code(offset, None)
+    loc = mean
+    if code & SHIFTED:
+        shift = mean.detach()
+        del y
+        y, mean, variance, scale = _attempt(values - shift, gamma, beta, layout.time, options)
+        loc = shift + mean
+    return y, _reference.make_frame(layout, loc, variance, scale, gamma, beta, dtype), steps(code)
 
 
 def _attempt(
-    values: Tensor,
-    layout: Layout,
-    gamma: Tensor | None,
-    beta: Tensor | None,
-    options: Options,
-    shift: Tensor | None,
-) -> tuple[Tensor, Frame] | None:
-    time = layout.time
-    source = values if shift is None else values - shift
+    source: Tensor, gamma: Tensor | None, beta: Tensor | None, time: int, options: Options
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if needs_grad(source, gamma, beta):
         y, mean, variance = _ColumnNorm.apply(  # type: ignore[no-untyped-call]
             source, gamma, beta, time, options
         )
-        scale = _core.scale_from_variance(variance, options.eps, options.eps_mode)
-    else:
-        y, mean, variance, scale = _forward(source, gamma, beta, time, options)
-    with torch.no_grad():
-        offset = (mean / scale).abs_()
-        if gamma is not None:
-            offset.mul_(gamma.abs().clamp_(min=1))
-        if not float(offset.amax()) <= OFFSET_LIMIT:  # NaN included
-            return None
-    loc = mean if shift is None else shift + mean
-    return y, _core.make_frame(layout, loc, variance, scale, gamma, beta)
+        scale = _reference.scale_from_variance(variance, options.eps, options.eps_mode)
+        return y, mean, variance, scale
+    return _forward(source, gamma, beta, time, options)
 
 
 def _forward(
@@ -94,7 +83,7 @@ def _forward(
         source, mean.expand_as(source), 0, out=torch.empty_like(source)
     )
     variance = squares.mean(time, keepdim=True)
-    scale = _core.scale_from_variance(variance, options.eps, options.eps_mode)
+    scale = _reference.scale_from_variance(variance, options.eps, options.eps_mode)
     factor = scale.reciprocal() if gamma is None else gamma / scale
     bias = mean * -factor if beta is None else torch.addcmul(beta, mean, factor, value=-1)
     return torch.addcmul(bias, source, factor, out=squares), mean, variance, scale
@@ -114,7 +103,7 @@ class _ColumnNorm(torch.autograd.Function):
         options: Options,
     ) -> tuple[Tensor, Tensor, Tensor]:
         y, mean, variance, scale = _forward(source, gamma, beta, time, options)
-        ctx.save_for_backward(source, gamma, mean, variance, scale)  # type: ignore[arg-type]
+        ctx.save_for_backward(source, gamma, mean, variance, scale, beta)  # type: ignore[arg-type]
         ctx.set_materialize_grads(False)
         ctx.time, ctx.options = time, options  # type: ignore[attr-defined]
         ctx.beta_shape = None if beta is None else beta.shape  # type: ignore[attr-defined]
@@ -123,11 +112,12 @@ class _ColumnNorm(torch.autograd.Function):
         return y, mean, variance
 
     @staticmethod
-    @once_differentiable
     def backward(
         ctx: Any, grad_y: Tensor | None, grad_mean: Tensor | None, grad_variance: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        source, gamma, mean, variance, scale = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            return _backward_by_ops(ctx, grad_y, grad_mean, grad_variance)
+        source, gamma, mean, variance, scale, _ = ctx.saved_tensors
         time, options = ctx.time, ctx.options
         need_x, need_gamma, need_beta = ctx.needs_input_grad[:3]
         length = source.shape[time]
@@ -161,6 +151,43 @@ class _ColumnNorm(torch.autograd.Function):
                     shift = -slope * mean if shift is None else shift - slope * mean
             grad_x = _affine_sum(source, grad_y, gain, slope, shift)
         return grad_x, grad_gamma, grad_beta, None, None
+
+
+def _backward_by_ops(
+    ctx: Any, grad_y: Tensor | None, grad_mean: Tensor | None, grad_variance: Tensor | None
+) -> tuple[Tensor | None, ...]:
+    """The vector-Jacobian product of ``_forward_by_ops`` on the saved inputs, recorded so that
+    it can be differentiated again (double backward)."""
+    source, gamma, _, _, _, beta = ctx.saved_tensors
+    need = ctx.needs_input_grad[:3]
+    wanted = [t for t, n in zip((source, gamma, beta), need, strict=True) if n]
+    outputs = _forward_by_ops(source, gamma, beta, ctx.time, ctx.options)
+    pairs = [
+        (o, g)
+        for o, g in zip(outputs, (grad_y, grad_mean, grad_variance), strict=True)
+        if g is not None
+    ]
+    grads = iter(
+        torch.autograd.grad(
+            [o for o, _ in pairs], wanted, [g for _, g in pairs],
+            create_graph=True, allow_unused=True, materialize_grads=True,
+        )
+    )  # fmt: skip
+    return (*(next(grads) if n else None for n in need), None, None)
+
+
+def _forward_by_ops(
+    source: Tensor, gamma: Tensor | None, beta: Tensor | None, time: int, options: Options
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What ``_ColumnNorm`` computes, in differentiable ops."""
+    mean = source.mean(time, keepdim=True)
+    variance = (source - mean).square().mean(time, keepdim=True)
+    if options.detach:
+        mean, variance = mean.detach(), variance.detach()
+    scale = _reference.scale_from_variance(variance, options.eps, options.eps_mode)
+    factor = scale.reciprocal() if gamma is None else gamma / scale
+    y = (source - mean) * factor
+    return (y if beta is None else y + beta), mean, variance
 
 
 def _dscale(variance: Tensor, scale: Tensor, options: Options) -> Tensor:
