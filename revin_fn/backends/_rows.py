@@ -26,7 +26,7 @@ from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
-from ._group_norm import norm
+from ._group_norm import needs_grad, norm
 
 # Largest |mean| / scale * max(|gamma'|, 1) normalized in a single pass: the fused output
 # x * a + c rounds at the size of the offset, about 6e-6 against float64 at 30 and 2e-5 at 100
@@ -109,13 +109,18 @@ def normalize_rows(
         if gain_bound is not None:
             offset = offset * gain_bound
         code = check_code(offset, kernel_scale < root_eps if clamp else None)
-    loc = mean
+    loc, source = mean, values
     if code & SHIFTED:  # far from 0 for its spread: once more, each row shifted by its mean
         shift = mean.detach()
         del y  # free the first output before the second is allocated
-        y, mean, kernel_scale, scale = attempt(values - shift.reshape(*shape[:-1], 1))
+        source = values - shift.reshape(*shape[:-1], 1)
+        y, mean, kernel_scale, scale = attempt(source)
         loc = shift + mean
-    if code:  # rows below the eps floor: rescale from the exact statistics (1 elsewhere)
+    if code and needs_grad(values, weight, bias):
+        # recorded for autograd: the output from the pass's statistics in plain ops, so that
+        # second derivatives do not go through rstd * (1 / rstd) of near-constant rows
+        y = _from_statistics(source, mean, scale, weight, bias, channels)
+    elif code:  # rows below the eps floor: rescale from the exact statistics (1 elsewhere)
         y = _rescale(y, kernel_scale / scale, bias, channels)
     variance = None
     if statistics:
@@ -137,3 +142,21 @@ def _rescale(y: Tensor, ratio: Tensor, bias: Tensor | None, channels: int) -> Te
     if bias is None:
         return (grid * ratio).view_as(y)
     return torch.addcmul(bias.view(1, channels, 1) * (1 - ratio), grid, ratio).view_as(y)
+
+
+def _from_statistics(
+    source: Tensor,
+    mean: Tensor,
+    scale: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    channels: int,
+) -> Tensor:
+    """``(source - mean) * weight / scale + bias`` per row, with the kernel's statistics."""
+    grid = source.view(-1, channels, source.shape[-1])
+    factor = scale.reciprocal() if weight is None else weight / scale
+    factor = factor.view(-1, channels, 1)
+    centered = grid - mean.view(-1, channels, 1)
+    if bias is None:
+        return (centered * factor).view_as(source)
+    return torch.addcmul(bias.view(1, channels, 1), centered, factor).view_as(source)

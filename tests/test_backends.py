@@ -1,0 +1,299 @@
+"""Every backend against the reference, route by route: values, statistics and gradients.
+
+Routes are reached by their inputs (layout, size, offset, spread), never by patching module
+globals, and each case asserts which route ran (``backends.record``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from revin_fn import RevINError, backends, revin
+from revin_fn._options import Options
+from revin_fn.backends import Request
+
+from _helpers import assert_round_trip
+
+
+def _takes_cpu_eager(name: str) -> bool:
+    request = Request("normalize", "cpu", torch.float32, None, Options(), False, "eager")
+    return not backends._REGISTRY[name].not_supported_reasons(request)
+
+
+FAST = [name for name in backends.names() if name != "reference" and _takes_cpu_eager(name)]
+
+
+def shape_for(pattern: str, batch: int, variates: int, length: int) -> tuple[int, ...]:
+    sizes = {"b": batch, "v": variates, "t": length, "c": 2}
+    return tuple(sizes[name] for name in pattern.split())
+
+
+# (route, pattern, shape as (batch, variates, length), offset, spread): inputs that take it
+ROUTES = [
+    ("rows", "b v t", (4, 3, 40), 0.0, 1.0),
+    ("rows+shifted", "b v t", (4, 3, 40), 1e4, 1.0),
+    ("rows+clamped", "b v t", (4, 3, 40), 0.0, 1e-4),
+    ("rows+shifted+clamped", "b v t", (4, 3, 40), 5.0, 1e-4),
+    ("moved rows", "b t v", (4, 3, 40), 0.0, 1.0),
+    ("moved rows+shifted", "b t v", (4, 3, 40), -3e3, 0.5),
+    ("columns", "b t v", (2, 1024, 40), 0.0, 1.0),
+    ("columns+shifted", "b t v", (2, 1024, 40), 1e4, 1.0),
+    ("rows", "c b v t", (2, 3, 17), 1.0, 2.0),  # weights repeat along a middle axis
+]
+ROUTE_IDS = [f"{route}-{pattern.replace(' ', '')}" for route, pattern, *_ in ROUTES]
+
+
+def make_input(pattern: str, sizes: tuple[int, int, int], offset: float, spread: float):
+    batch, variates, length = sizes
+    generator = torch.Generator().manual_seed(0)
+    shape = shape_for(pattern, batch, variates, length)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64) * spread + offset
+    if spread < 1e-3:  # near-constant windows also hold exactly constant ones
+        x.select(pattern.split().index("t"), 0).fill_(offset)
+        x.narrow(pattern.split().index("b"), 0, 1).fill_(offset)
+    gamma = torch.linspace(-1.5, 2.0, variates, dtype=torch.float64)
+    gamma[variates // 2] = 0.0  # guarded: sign(0) = +1
+    beta = torch.linspace(-0.5, 0.5, variates, dtype=torch.float64)
+    return x.float(), gamma.float(), beta.float()
+
+
+def run(
+    backend: str, x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, **kw
+) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
+    """Values, statistics, reverse and gradients of one revin -> reverse_fn round."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, gamma, beta) if t is not None]
+    x_, *affine = leaves
+    gamma_, beta_ = affine if affine else (None, None)
+    with backends.use(backend), backends.record() as calls:
+        y, reverse_fn, stats = revin(x_, gamma_, beta_, return_statistics=True, **kw)
+        horizon = reverse_fn(torch.sin(y.detach()[..., :7]) if kw["pattern"].endswith("t")
+                             else torch.sin(y.detach()))  # fmt: skip
+        loss = (y * torch.cos(y.detach())).sum() + reverse_fn(y).pow(2).mean() + horizon.sum()
+        grads = torch.autograd.grad(loss, leaves)
+    out = {"y": y, "mean": stats.mean, "variance": stats.variance, "horizon": horizon}
+    out.update({f"grad{i}": g for i, g in enumerate(grads)})
+    return {k: v.detach() for k, v in out.items()}, calls
+
+
+def assert_as_accurate_as_reference(fast: dict, ref: dict, truth: dict) -> None:
+    """Each output of the backend is within rounding of the reference's, and no further from
+    the float64 reference than a few times the float32 reference is (relative to its size)."""
+    for key, exact in truth.items():
+        size = exact.abs().max().clamp(min=1)
+        error = ((fast[key] - exact).abs().max() / size).item()
+        ref_error = ((ref[key] - exact).abs().max() / size).item()
+        assert error <= 4 * ref_error + 1e-6, f"{key}: {error:.2e} against {ref_error:.2e}"
+    torch.testing.assert_close(fast["y"], ref["y"], atol=3e-5, rtol=1e-5)
+    torch.testing.assert_close(fast["variance"], ref["variance"], atol=1e-9, rtol=2e-4)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("eps_mode", ["clamp", "add"])
+@pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), ROUTES, ids=ROUTE_IDS)
+def test_route_equals_reference(backend, route, pattern, sizes, offset, spread, eps_mode, detach,
+                                affine):  # fmt: skip
+    x, gamma, beta = make_input(pattern, sizes, offset, spread)
+    if not affine:
+        gamma = beta = None
+    options = {"pattern": pattern, "eps_mode": eps_mode, "detach": detach}
+    fast, calls = run(backend, x, gamma, beta, **options)
+    ref, ref_calls = run("reference", x, gamma, beta, **options)
+    wide = [None if t is None else t.double() for t in (x, gamma, beta)]
+    truth, _ = run("reference", *wide, **options)
+    expected = route if eps_mode == "clamp" else route.replace("+clamped", "")
+    assert calls[0] == (backend, expected)
+    assert ref_calls[0] == ("reference", "normalize")
+    assert_as_accurate_as_reference(fast, ref, truth)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pattern=st.sampled_from(["b v t", "b t v", "v t", "b c v t"]),
+    batch=st.integers(1, 5),
+    variates=st.integers(1, 6),
+    length=st.integers(1, 40),
+    offset=st.sampled_from([0.0, 3.0, 30.0, 1e4, -1e6]),
+    spread=st.sampled_from([0.0, 1e-4, 3.1e-3, 1.0, 1e3]),
+    eps_mode=st.sampled_from(["clamp", "add"]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_backend_equals_reference_on_any_input(pattern, batch, variates, length, offset,
+                                                     spread, eps_mode, dtype, seed):  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    shape = shape_for(pattern, batch, variates, length)
+    wide = torch.randn(shape, generator=generator, dtype=torch.float64) * spread + offset
+    if dtype == torch.float16:
+        wide = wide.clamp(-6e4, 6e4)
+    x = wide.to(dtype)
+    gamma = torch.randn(variates, generator=generator)
+    beta = torch.randn(variates, generator=generator)
+    with backends.use("reference"):
+        y_ref, _, s_ref = revin(x, gamma, beta, pattern=pattern, eps_mode=eps_mode,
+                                return_statistics=True)  # fmt: skip
+    for backend in FAST:
+        with backends.use(backend):
+            y, reverse_fn, s = revin(x, gamma, beta, pattern=pattern, eps_mode=eps_mode,
+                                     return_statistics=True)  # fmt: skip
+        half = dtype in (torch.float16, torch.bfloat16)
+        atol = 2 * torch.finfo(dtype).eps * max(1.0, y_ref.abs().max().item()) if half else 3e-5
+        torch.testing.assert_close(y.double(), y_ref.double(), atol=atol, rtol=1e-5)
+        spread_ref = s_ref.variance.sqrt() + 1e-3
+        ulp = torch.finfo(s.mean.dtype).eps * s_ref.mean.abs()
+        assert ((s.mean - s_ref.mean).abs() <= 1e-5 * spread_ref + 2 * ulp).all()
+        torch.testing.assert_close(s.variance, s_ref.variance, atol=1e-9, rtol=1e-4)
+        assert_round_trip(x, y, reverse_fn)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), ROUTES[:6],
+                         ids=ROUTE_IDS[:6])  # fmt: skip
+def test_gradgradcheck_through_forward_and_reverse(backend, route, pattern, sizes, offset, spread):
+    x, gamma, beta = (t.double() for t in make_input(pattern, (2, 3, 9), offset, spread))
+    gamma[1] = 0.3  # away from the guard's kink at 0, where finite differences cross it
+    leaves = [t.requires_grad_() for t in (x, gamma, beta)]
+
+    def loss(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        with backends.use(backend):
+            y, reverse_fn = revin(x, gamma, beta, pattern=pattern)
+            return reverse_fn(y.square()).sin().sum()
+
+    assert torch.autograd.gradcheck(loss, leaves)
+    assert torch.autograd.gradgradcheck(loss, leaves)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), ROUTES, ids=ROUTE_IDS)
+def test_double_backward_equals_reference(backend, route, pattern, sizes, offset, spread, detach):
+    """Gradients taken with create_graph=True, and a Hessian-vector product through them."""
+    x, gamma, beta = make_input(pattern, sizes, offset, spread)
+    results = []
+    for name, dtype in ((backend, torch.float32), ("reference", torch.float32),
+                        ("reference", torch.float64)):  # fmt: skip
+        leaves = [t.to(dtype).requires_grad_() for t in (x, gamma, beta)]
+        with backends.use(name):
+            y, reverse_fn = revin(*leaves, pattern=pattern, detach=detach)
+            loss = reverse_fn(y.square()).sin().sum() + (y * y.detach().cos()).sum()
+            grads = torch.autograd.grad(loss, leaves, create_graph=True)
+            penalty = sum(g.square().sum() for g in grads)
+            second = torch.autograd.grad(penalty, leaves)
+        results.append({str(i): t.detach() for i, t in enumerate((*grads, *second))})
+    fast, ref, truth = results
+    for key, exact in truth.items():
+        size = exact.abs().max().clamp(min=1)
+        error = ((fast[key] - exact).abs().max() / size).item()
+        ref_error = ((ref[key] - exact).abs().max() / size).item()
+        assert error <= 4 * ref_error + 1e-6, f"{key}: {error:.2e} against {ref_error:.2e}"
+
+
+def saved_bytes(run_once: Callable[[], None]) -> int:
+    """Bytes autograd saves for backward while ``run_once()`` runs, each storage once."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run_once()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
+def test_backward_saves_at_most_two_inputs(backend: str, pattern: str, detach: bool) -> None:
+    x = torch.randn(shape_for(pattern, 8, 128, 256), requires_grad=True)
+    gamma = torch.ones(128, requires_grad=True)
+    beta = torch.zeros(128, requires_grad=True)
+
+    def forward_reverse() -> None:
+        with backends.use(backend):
+            y, reverse_fn = revin(x, gamma, beta, pattern=pattern, detach=detach)
+            reverse_fn(y).sum().backward()
+
+    # forward saves the input once, the reverse its input once; statistics are small
+    assert saved_bytes(forward_reverse) <= 2.1 * x.numel() * x.element_size()
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("upstream", ["sum", "transposed"])
+@pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), ROUTES, ids=ROUTE_IDS)
+def test_non_contiguous_upstream_gradients(backend, route, pattern, sizes, offset, spread,
+                                           upstream):  # fmt: skip
+    x, gamma, beta = make_input(pattern, sizes, offset, spread)
+    grads = []
+    for name in (backend, "reference"):
+        leaf = x.clone().requires_grad_()
+        with backends.use(name):
+            y, _ = revin(leaf, gamma, beta, pattern=pattern)
+        if upstream == "sum":
+            y.sum().backward()  # an expanded, stride-0 gradient
+        else:  # a gradient laid out in reverse axis order
+            generator = torch.Generator().manual_seed(1)
+            grad = torch.randn(y.shape[::-1], generator=generator)
+            y.backward(grad.permute(*reversed(range(y.ndim))))
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 40), (8, 64, 1024), (4, 40, 3)])
+def test_reverse_kernels_agree_with_the_reference(shape: tuple[int, int, int]) -> None:
+    pattern = "b v t" if shape[1] < shape[2] else "b t v"
+    x = torch.randn(shape) * 3 + 10
+    y, reverse_fn = revin(x, torch.rand(shape[1] if pattern == "b v t" else 3) + 0.5,
+                          pattern=pattern)  # fmt: skip
+    for dtype in (torch.float32, torch.bfloat16):
+        outputs = {}
+        for backend in [*FAST, "reference"]:
+            with backends.use(backend), backends.record() as calls:
+                outputs[backend] = reverse_fn(y.to(dtype))
+            assert calls[0][0] == backend
+        for backend in FAST:
+            torch.testing.assert_close(outputs[backend], outputs["reference"], atol=1e-5, rtol=0)
+
+
+def test_native_reverse_routes_by_size() -> None:
+    routes = []
+    for shape in [(4, 3, 40), (8, 64, 1024)]:
+        y, reverse_fn = revin(torch.randn(shape))
+        with backends.record() as calls:
+            reverse_fn(y)
+        routes.append(calls[0])
+    assert routes == [("native", "multiply-add"), ("native", "batch_norm")]
+
+
+def test_forcing_a_backend_that_cannot_take_the_call_lists_why() -> None:
+    x = torch.randn(4, 3, 16)
+    with backends.use("native"), pytest.raises(RevINError) as raised:
+        revin(x, mask=x > 0, method="robust", causal=False, eps_mode="add_std")
+    message = str(raised.value)
+    assert message.startswith('revin(x, gamma, beta): backend "native"')
+    assert 'method "robust" (supports std)' in message
+    assert 'eps_mode "add_std"' in message and "a mask (supports none)" in message
+    with pytest.raises(RevINError, match=r"backends.use\('bogus'\): no backend 'bogus'"):
+        with backends.use("bogus"):
+            pass
+
+
+def test_automatic_choice_sends_what_the_native_backend_cannot_take_to_the_reference() -> None:
+    x = torch.randn(4, 3, 16)
+    with backends.record() as calls:
+        revin(x)
+        revin(x, mask=x > 0)
+        revin(x, method="minmax")
+        revin(x, subtract_last=True)
+        revin(x, eps_mode="add_std")
+    assert [backend for backend, _ in calls] == ["native"] + ["reference"] * 4
+    assert backends.current() is None
+    with backends.use("reference"):
+        assert backends.current() == "reference"
