@@ -10,14 +10,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from _helpers import assert_round_trip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from revin_fn import RevINError, backends, revin
 from revin_fn._options import Options
 from revin_fn.backends import Request
-
-from _helpers import assert_round_trip
 
 
 def _takes_cpu_eager(name: str) -> bool:
