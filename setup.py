@@ -29,6 +29,7 @@ setup(
             "nbclient>=0.9",
             "nbformat>=5.9",
             "ipykernel>=6.25",
+            "pandas>=1.5",  # Normalization.adapt(DataFrame) tests
         ],
     },
     entry_points={"console_scripts": ["revin-fn=revin_fn.__main__:main"]},

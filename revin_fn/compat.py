@@ -11,16 +11,24 @@ what the originals do and what their call sites expect; new code should use
 - :class:`ReversibleInstanceNorm`: kerasfactory's layer (statistics not detached).
 - :class:`ReversibleInstanceNorm1dInput` / :class:`ReversibleInstanceNorm1dOutput`: the
   S4 / ESPnet pair (scale = population std + 1e-4).
+
+The latest statistics a module keeps are per-batch state, not model state: a copy
+(``copy.deepcopy``, ``torch.optim.swa_utils.AveragedModel``, EMA wrappers) and a pickled module
+(``torch.save(model)``) start without them, like a new module (normalize a batch before
+``denorm``). This is what lets models holding these modules be copied after a forward with
+gradients, where the statistics are graph tensors that cannot be deep-copied.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from . import RevINError
+from . import RevINError, _args
 from ._options import DEFAULT_EPS, Options, check_options
-from ._reverse import ReverseFn, Variates
+from ._reverse import ReverseFn, Variates, _error
 from .functional import revin
 
 S4_EPS = 1e-4  # added to the population std by the S4 / ESPnet pair
@@ -77,14 +85,14 @@ class RevIN(nn.Module):
         non_norm: bool = False,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        options = Options(eps, "add", self.detach, subtract_last)
+        call = f"{type(self).__name__}(num_features={num_features!r})"
         try:
+            num_features = _args.size("num_features", num_features)
+            eps = _args.number("eps", eps)
+            options = Options(eps, "add", self.detach, subtract_last)
             check_options(options)
-            if not isinstance(num_features, int) or num_features < 1:
-                raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        except ValueError as error:
-            raise RevINError(f"{name}(num_features={num_features!r}): {error}") from None
+        except (TypeError, ValueError) as error:
+            raise _error(call, error) from None
         self.num_features = num_features
         self.eps = eps
         self.affine = affine
@@ -126,6 +134,9 @@ class RevIN(nn.Module):
                 return x
             return _denorm(f'{name}(x, mode="denorm")', self.reverse_fn, x, variates)
         raise RevINError(f'{name}(x, mode={mode!r}): mode must be "norm" or "denorm"')
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _without_statistics(self)
 
     def extra_repr(self) -> str:
         text = f"{self.num_features}, eps={self.eps}, affine={self.affine}"
@@ -180,22 +191,6 @@ class ReversibleInstanceNorm(RevIN):
         self.name = name
 
 
-class _UnusedAffine(nn.Module):
-    """Holds ``weight``/``bias`` buffers so S4 / ESPnet state_dicts (``norm.weight``) load.
-
-    The original keeps an ``nn.InstanceNorm1d(d, affine=True)`` whose affine is never
-    applied; buffers (not parameters) keep DDP from reporting unused parameters.
-    """
-
-    weight: Tensor
-    bias: Tensor
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.register_buffer("weight", torch.ones(d))
-        self.register_buffer("bias", torch.zeros(d))
-
-
 class ReversibleInstanceNorm1dInput(nn.Module):
     r"""The S4 / ESPnet input half: ``y = (x - \mu) / (\sigma_{pop} + 10^{-4})``.
 
@@ -204,6 +199,12 @@ class ReversibleInstanceNorm1dInput(nn.Module):
     eps_mode="add_std")`` (``"... v t"`` when transposed). The paired
     :class:`ReversibleInstanceNorm1dOutput` reverses with the latest call's statistics.
 
+    ``norm`` is, as in the original, an ``nn.InstanceNorm1d(d, affine=True)`` that is never
+    called: its ``weight``/``bias`` are parameters (shared with the output half), so the
+    original's state_dicts *and optimizer states* load. Like the original's they get no
+    gradient: under DDP pass ``find_unused_parameters=True``, or freeze them with
+    ``norm.requires_grad_(False)`` (the optimizer state still loads).
+
     Intended differences from the original: nothing is modified in place (the original's
     ``self.s += 1e-4`` changes a tensor autograd saved, so backward raises when ``x``
     requires grad); a constant series gets a zero gradient instead of nan.
@@ -211,11 +212,13 @@ class ReversibleInstanceNorm1dInput(nn.Module):
 
     def __init__(self, d: int, transposed: bool = False) -> None:
         super().__init__()
-        if not isinstance(d, int) or d < 1:
-            raise RevINError(f"ReversibleInstanceNorm1dInput(d={d!r}): d must be a positive int")
+        try:
+            d = _args.size("d", d)
+        except (TypeError, ValueError) as error:
+            raise _error(f"ReversibleInstanceNorm1dInput(d={d!r})", error) from None
         self.d = d
         self.transposed = transposed
-        self.norm: _UnusedAffine = _UnusedAffine(d)
+        self.norm = nn.InstanceNorm1d(d, affine=True, track_running_stats=False)
         self.reverse_fn: ReverseFn | None = None
 
     @property
@@ -225,6 +228,9 @@ class ReversibleInstanceNorm1dInput(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y, self.reverse_fn = revin(x, pattern=self.pattern, eps=S4_EPS, eps_mode="add_std")
         return y
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _without_statistics(self)
 
     def extra_repr(self) -> str:
         return f"{self.d}, transposed={self.transposed}"
@@ -249,12 +255,19 @@ class ReversibleInstanceNorm1dOutput(nn.Module):
             )
         self.transposed = norm_input.transposed
         self.norm_input = norm_input
-        self.register_buffer("weight", norm_input.norm.weight)  # as in the original's
-        self.register_buffer("bias", norm_input.norm.bias)  # state_dict; unused
+        self.weight = norm_input.norm.weight  # the input half's parameters, as in the original
+        self.bias = norm_input.norm.bias  # (unused by the math)
 
     def forward(self, x: Tensor, variates: Variates | None = None) -> Tensor:
         call = "ReversibleInstanceNorm1dOutput(x)"
         return _denorm(call, self.norm_input.reverse_fn, x, variates)
+
+
+def _without_statistics(module: nn.Module) -> dict[str, Any]:
+    """The module's state for copies and pickles, without the latest call's statistics."""
+    state: dict[str, Any] = nn.Module.__getstate__(module)  # type: ignore[no-untyped-call]
+    state["reverse_fn"] = None
+    return state
 
 
 def _denorm(

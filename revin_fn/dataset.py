@@ -8,18 +8,21 @@ through the core's Frame (the same object ``revin`` builds), so its ``reverse_fn
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from collections.abc import Iterable, Iterator, Sized
+from typing import Any, Literal, overload
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import RevINError, _moments, _reference
+from . import RevINError, _args, _moments, _reference
 from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import parse
 from ._reverse import ReverseFn, _check_tensor, _error
 from .functional import Mask, Statistics, _observed
 from .functional import frame_from_statistics as _frame_from_statistics
+
+NO_STATISTICS = "no statistics yet: call adapt(data) or pass mean= and variance="
 
 
 def adapt(
@@ -37,11 +40,14 @@ def adapt(
     nothing is concatenated, and a single tensor is processed in chunks.
 
     Args:
-        data: a tensor laid out as ``pattern``, or any iterable of batches (a DataLoader):
-            tensors, or tuples/lists whose first element is ``x``.
+        data: a tensor or numpy array laid out as ``pattern``, a pandas DataFrame (rows are
+            steps, one column per variate; every column numeric), or any iterable of batches
+            (a DataLoader, a list of arrays): tensors, arrays or DataFrames, or tuples/lists
+            whose first element is ``x``.
         pattern: layout of each batch. Default: ``"b v t"``.
         mask: bool tensor (True = observed; only with a tensor ``data``) or ``"nan"``
-            (NaN = missing, works for batches). Default: everything observed.
+            (NaN = missing, works for batches). Default: everything observed; then data
+            holding NaN (or inf) raises :class:`RevINError` instead of giving NaN statistics.
         progress: print progress lines to stderr. Default: ``False``.
         distributed: merge the moments of all ranks with ``all_reduce`` so that every rank
             gets the statistics of the whole (sharded) dataset; every rank must call
@@ -57,6 +63,7 @@ def adapt(
     has_variate = True
     batches = values = 0
     try:
+        data = _as_data(data, pattern)
         if isinstance(data, Tensor) and isinstance(mask, Tensor):
             mask = _observed(mask, _check_tensor("data", data))  # checked and expanded once
         pairs, total = _moments.batches(data, mask, pattern)
@@ -80,6 +87,7 @@ def adapt(
             raise ValueError("data has no batches")
         if not bool((running.n > 0).any()):
             raise ValueError(f"data holds no observed value ({values} values seen)")
+        _check_finite(running, mask)
     except (TypeError, ValueError) as error:
         raise _error("adapt(data)", error) from None
     report.done(batches, values)
@@ -87,6 +95,83 @@ def adapt(
     if not has_variate:
         mean, variance = mean.squeeze(0), variance.squeeze(0)
     return Statistics(mean, variance, None, None)
+
+
+def _check_finite(moments: _moments.Moments, mask: object) -> None:
+    """NaN or inf among the observed values would make NaN statistics: say where, and what to do."""
+    bad = ~(moments.mean.isfinite() & moments.m2.isfinite())
+    if not bool(bad.any()):
+        return
+    where = f"variates {bad.nonzero().flatten().tolist()}" if bad.numel() > 1 else "the data"
+    if isinstance(mask, str):  # "nan": the NaN are skipped, what is left is infinite
+        raise ValueError(f"data holds inf (or values whose squares overflow) in {where}")
+    raise ValueError(
+        f'data holds NaN or inf in {where}; pass mask="nan" to treat NaN as missing values'
+    )
+
+
+def _as_data(data: object, pattern: str) -> object:
+    """``data`` with numpy arrays and DataFrames as tensors, for itself or for each batch."""
+    if isinstance(data, Tensor):
+        return data
+    converted = _as_tensor(data, pattern)
+    if converted is not None or not isinstance(data, Iterable) or isinstance(data, str):
+        return data if converted is None else converted
+    return _SizedBatches(data, pattern) if isinstance(data, Sized) else _Batches(data, pattern)
+
+
+def _as_tensor(value: object, pattern: str) -> Tensor | None:
+    """A numpy array as a tensor; a DataFrame (rows = steps, columns = variates) laid out as
+    ``pattern``; ``None`` for anything else. Neither numpy nor pandas is imported."""
+    if callable(getattr(value, "to_numpy", None)) and hasattr(value, "columns"):  # DataFrame
+        try:
+            table = torch.as_tensor(value.to_numpy(dtype="float64", copy=True))  # type: ignore[attr-defined]
+        except (TypeError, ValueError):
+            kinds = value.dtypes.items()  # type: ignore[attr-defined]
+            other = [name for name, kind in kinds if kind.kind not in "biuf"]
+            raise TypeError(
+                f"data is a DataFrame with non-numeric columns {other}; select the numeric "
+                "columns (one per variate)"
+            ) from None
+        return _table(table, pattern)
+    if type(value).__module__ == "numpy" and hasattr(value, "__array__"):  # an ndarray
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):  # negative strides, object arrays
+            copied = value.copy()  # type: ignore[attr-defined]
+            return torch.as_tensor(copied) if copied.dtype != object else None
+    return None
+
+
+def _table(table: Tensor, pattern: str) -> Tensor:
+    """``(steps, variates)`` placed on the ``t`` and ``v`` axes of ``pattern``, 1 elsewhere."""
+    layout = _args.layout(pattern)
+    if layout.variate is None:
+        return table.reshape([-1 if d == layout.time else 1 for d in range(layout.ndim)])
+    columns = table.reshape(len(table), -1)
+    placed = columns.reshape(*columns.shape, *[1] * (layout.ndim - 2))
+    return placed.movedim((0, 1), (layout.time, layout.variate))
+
+
+class _Batches:
+    """An iterable of batches whose ``x`` (the batch, or its first element) is converted."""
+
+    def __init__(self, data: Iterable[object], pattern: str) -> None:
+        self.data, self.pattern = data, pattern
+
+    def __iter__(self) -> Iterator[object]:
+        for batch in self.data:
+            if isinstance(batch, tuple | list) and batch:
+                x = _as_tensor(batch[0], self.pattern)
+                yield batch if x is None else (x, *batch[1:])
+            else:
+                x = _as_tensor(batch, self.pattern)
+                yield batch if x is None else x
+
+
+class _SizedBatches(_Batches):
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
 
 
 def _fixed_frame(
@@ -115,10 +200,12 @@ def _fixed_frame(
             f"stats.mean has shape {tuple(mean.shape)}, expected {size} (one value per "
             f'variate) or () for x of shape {tuple(x.shape)} with pattern "{pattern}"'
         )
-    sdtype = stats_dtype(x.dtype)
+    # float64 statistics (adapt's) are applied in float64: a float32 mean rounds by up to
+    # |mean| * 6e-8, which is 7.7e-4 of the std at a level of 1e6 with std 40
+    sdtype = torch.promote_types(stats_dtype(x.dtype), stats_dtype(mean.dtype))
 
-    def place(value: Tensor) -> Tensor:
-        return value.to(x.device, sdtype).reshape(view).expand(shape)
+    def place(value: Tensor) -> Tensor:  # a copy: the reverse_fn owns its statistics
+        return value.to(x.device, sdtype, copy=True).reshape(view).expand(shape)
 
     fixed = Statistics(place(mean), place(variance), gamma, beta)
     return _frame_from_statistics(fixed, pattern, eps, eps_mode, x.dtype)
@@ -150,6 +237,10 @@ def normalize(
         pattern, eps, eps_mode: as in :func:`revin_fn.revin`.
         invert: de-normalize instead. Default: ``False``.
 
+    Computed in float64 when ``x`` or the statistics are float64 (:func:`adapt`'s are), else
+    in float32; ``y`` has the dtype of ``x``. ``reverse_fn`` holds copies of the statistics:
+    changing ``stats`` afterwards does not move it.
+
     Returns:
         ``(y, reverse_fn)``; ``reverse_fn`` checks shapes against ``x`` as ``revin``'s does
         (any time length). With ``invert=True`` it computes ``-offset/gain + y/gain``, whose
@@ -175,21 +266,31 @@ class Normalization(nn.Module):
     """Dataset-level normalization layer (Keras ``Normalization``): statistics fixed once.
 
     ``adapt(data)`` learns the per-variate mean and population variance of a dataset
-    (streamed, see :func:`adapt`); ``mean``/``variance`` may also be given. They are buffers
-    of shape ``(num_variates,)``, so they travel in ``state_dict`` and with ``.to(device)``.
-    ``forward`` is one call to :func:`normalize` (the formula is in its docstring) and returns
-    ``(y, reverse_fn)``, or ``(y, reverse_fn, statistics)`` with ``return_statistics=True``.
+    (streamed, see :func:`adapt`); ``mean``/``variance`` may also be given. They are float64
+    buffers of shape ``(num_variates,)``, so they travel in ``state_dict`` and with
+    ``.to(device)``, and the subtraction runs in float64 (``y`` within 1e-5 of the float64
+    result at any level; ``dtype=torch.float32`` gives float32 arithmetic, whose rounding is
+    ``|mean| * 6e-8``). ``forward`` is one call to :func:`normalize` (the formula is in its
+    docstring) and returns ``(y, reverse_fn)``, or ``(y, reverse_fn, statistics)`` with
+    ``return_statistics=True``. ``reverse_fn`` and ``statistics`` hold copies of the buffers
+    at the time of the call: a later ``adapt`` or ``load_state_dict`` does not move them.
+
+    The buffers are checked when they are set (constructor, ``adapt``, ``load_state_dict``),
+    never in ``forward`` (no device sync; ``torch.compile(fullgraph=True)`` traces it). A
+    forward before any statistics, or after loading a checkpoint whose statistics hold NaN
+    (saved before ``adapt``), raises :class:`RevINError` saying which. Write the buffers
+    through these three, not in place.
 
     Args:
-        num_variates: size of the ``v`` axis.
+        num_variates: size of the ``v`` axis (a Python or numpy integer).
         pattern: layout of the input; must contain ``v``. Default: ``"b v t"``.
         invert: the layer de-normalizes (model outputs to label units). Default: ``False``.
         mean, variance: known statistics (tensor, array or list of ``num_variates`` values, or
             one value); both or neither. Default: learned by ``adapt``.
         eps, eps_mode: as in :func:`revin_fn.revin`; Keras' ``max(sqrt(var), 1e-7)`` is
             ``eps=1e-14, eps_mode="clamp"``. Default: ``1e-5``, ``"clamp"``.
-        device, dtype: for the buffers. Default: float32 (the computation runs in float32, or
-            float64 for float64 input, whatever the buffers' dtype).
+        device, dtype: for the buffers. Default: float64 (the computation runs in float64;
+            with float32 buffers in float32, or float64 for float64 input).
 
     Examples::
 
@@ -217,22 +318,22 @@ class Normalization(nn.Module):
         super().__init__()
         call = f"Normalization(num_variates={num_variates!r})"
         try:
+            num_variates = _args.size("num_variates", num_variates)
+            eps = _args.number("eps", eps)
             check_options(Options(eps, eps_mode))
-            if not isinstance(num_variates, int) or num_variates < 1:
-                raise ValueError(f"num_variates must be a positive int, got {num_variates!r}")
-            if "v" not in parse(pattern, len(pattern.split())).names:
+            if _args.layout(pattern).variate is None:
                 raise ValueError(f'pattern "{pattern}" needs a variate axis "v"')
             if (mean is None) != (variance is None):
                 raise ValueError("pass both mean and variance, or neither (then call adapt)")
-        except ValueError as error:
-            raise RevINError(f"{call}: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise _error(call, error) from None
         self.num_variates, self.pattern, self.invert = num_variates, pattern, invert
         self.eps, self.eps_mode = eps, eps_mode
-        dtype = dtype or torch.get_default_dtype()
-        nan = torch.full((num_variates,), float("nan"), device=device, dtype=dtype)
+        nan = torch.full((num_variates,), float("nan"), device=device, dtype=dtype or torch.float64)
         self.register_buffer("mean", nan)
         self.register_buffer("variance", nan.clone())
-        self._ready = False
+        # why forward cannot run (None: it can); a Python value, so forward reads no tensor
+        self._missing: str | None = NO_STATISTICS
         if mean is not None:
             self._store(call, mean, variance)
 
@@ -248,7 +349,31 @@ class Normalization(nn.Module):
                 getattr(self, name).copy_(tensor.expand(self.num_variates))
         if bool((self.variance < 0).any()):
             raise RevINError(f"{call}: variance must be >= 0, got {self.variance.tolist()}")
-        self._ready = True
+        for name in ("mean", "variance"):
+            if not bool(getattr(self, name).isfinite().all()):
+                values = getattr(self, name).tolist()
+                raise RevINError(f"{call}: {name} must be finite, got {values}")
+        self._missing = None
+
+    def _check_buffers(self) -> str | None:
+        """What is wrong with the buffers' values (read on the host: only where they are set)."""
+        if self.mean.is_meta or self.variance.is_meta:
+            return None
+        if bool(self.mean.isnan().all() & self.variance.isnan().all()):
+            return (
+                "the loaded statistics are all NaN (a checkpoint saved before adapt): call "
+                "adapt(data) or load adapted statistics"
+            )
+        bad = {
+            name: (~tensor.isfinite()).nonzero().flatten().tolist()
+            for name, tensor in (("mean", self.mean), ("variance", self.variance))
+        }
+        if any(bad.values()):
+            where = "; ".join(f"{name} in variates {index}" for name, index in bad.items() if index)
+            return f"the loaded statistics hold NaN or inf ({where}): adapt again or load others"
+        if bool((self.variance < 0).any()):
+            return f"the loaded variance is negative: {self.variance.tolist()}"
+        return None
 
     def adapt(
         self,
@@ -280,22 +405,19 @@ class Normalization(nn.Module):
     def forward(
         self, x: Tensor, *, return_statistics: bool = False
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:
-        if not self._ready:  # checked once; after that a Python flag (no device sync)
-            if bool(self.mean.isnan().any() | self.variance.isnan().any()):
-                raise RevINError(
-                    "Normalization.forward(x): no statistics yet: call adapt(data) or pass "
-                    "mean= and variance="
-                )
-            self._ready = True
+        if self._missing is not None:  # a Python value: no device sync, nothing to trace
+            raise RevINError(f"Normalization.forward(x): {self._missing}")
         stats = Statistics(self.mean, self.variance, None, None)
         y, reverse_fn = _normalize(
             "Normalization(x)", x, stats, self.pattern, self.eps, self.eps_mode, self.invert
         )
-        return (y, reverse_fn, stats) if return_statistics else (y, reverse_fn)
+        if not return_statistics:
+            return y, reverse_fn
+        return y, reverse_fn, Statistics(self.mean.clone(), self.variance.clone(), None, None)
 
-    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
-        self._ready = False  # loaded buffers are checked again on the next forward
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
+        self._missing = self._check_buffers()  # checked here, never in forward
 
     def extra_repr(self) -> str:
         text = f"{self.num_variates}, pattern={self.pattern!r}"

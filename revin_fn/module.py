@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, overload
+import warnings
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
-from . import RevINError
+from . import RevINError, _args
 from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
-from ._patterns import parse
+from ._patterns import Layout, parse
 from ._reference import Frame
 from ._reverse import ReverseFn, Variates, _check_tensor, _error
 from .functional import Mask, Statistics, reverse, revin
+
+_FUNCTIONAL_CALL = "revin(x, gamma, beta)"  # the functional's name, replaced by the module's
 
 
 class RevIN(nn.Module):
@@ -24,8 +27,21 @@ class RevIN(nn.Module):
     the module: each ``reverse_fn`` holds those of its own call, so calls can overlap and the
     module replicates safely (DataParallel, DDP).
 
+    When ``num_variates`` is given, every call checks that the ``v`` axis of ``x`` has that
+    many entries (a ``(32, 96, 7)`` batch under the default ``"b v t"`` is refused instead of
+    normalized across its 7 variates). Without it (``affine=False``), a call whose time axis
+    is shorter than its variate axis warns (``UserWarning``), since that usually means the
+    pattern is wrong; pass ``num_variates`` to check the axis instead (no warning then).
+    Not warned inside ``torch.compile``.
+
+    ``load_state_dict`` also takes the checkpoints of lucidrains' iTransformer ``RevIN``:
+    gamma/beta of shape ``(num_variates, 1)`` are loaded as ``(num_variates,)``, and with
+    ``affine=False`` gamma/beta keys are accepted when they hold the identity (ones, zeros;
+    iTransformer saves them frozen) and refused with :class:`RevINError` otherwise.
+
     Args:
-        num_variates: size of the ``v`` axis; needed when ``affine=True``.
+        num_variates: size of the ``v`` axis; needed when ``affine=True``, checked on every
+            call when given. A Python or numpy integer.
         affine: learn ``gamma`` (init 1) and ``beta`` (init 0) of shape ``(num_variates,)``.
             Default: ``True``.
         eps, eps_mode, detach, subtract_last, method, causal, pattern: as in ``revin``.
@@ -61,13 +77,23 @@ class RevIN(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        options = Options(eps, eps_mode, detach, subtract_last, method, causal)
+        call = f"RevIN(num_variates={num_variates!r})"
         try:
+            if num_variates is None and affine:
+                raise ValueError("affine=True needs num_variates >= 1, got None")
+            if num_variates is not None:
+                num_variates = _args.size("num_variates", num_variates)
+            eps = _args.number("eps", eps)
+            options = Options(eps, eps_mode, detach, subtract_last, method, causal)
             check_options(options)
-            if affine and (not isinstance(num_variates, int) or num_variates < 1):
-                raise ValueError(f"affine=True needs num_variates >= 1, got {num_variates!r}")
-        except ValueError as error:
-            raise RevINError(f"RevIN(num_variates={num_variates!r}): {error}") from None
+            layout = _args.layout(pattern)
+            if num_variates is not None and layout.variate is None:
+                raise ValueError(
+                    f'num_variates={num_variates} needs a variate axis "v" in the pattern, '
+                    f'got pattern "{pattern}"'
+                )
+        except (TypeError, ValueError) as error:
+            raise _error(call, error) from None
         self.num_variates = num_variates
         self.affine = affine
         self.options = options
@@ -98,17 +124,48 @@ class RevIN(nn.Module):
     def forward(
         self, x: Tensor, *, mask: Mask | None = None, return_statistics: bool = False
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:
+        call = f"RevIN(num_variates={self.num_variates!r}).forward(x)"
+        layout = self._check_input(call, x)
         if self.non_norm:
-            return self._identity(x, return_statistics)
-        return revin(  # type: ignore[call-overload, no-any-return]
-            x,
-            self.gamma,
-            self.beta,
-            pattern=self.pattern,
-            mask=mask,
-            return_statistics=return_statistics,
-            **self.options._asdict(),
-        )
+            return self._identity(x, layout, return_statistics)
+        try:
+            return revin(  # type: ignore[call-overload, no-any-return]
+                x,
+                self.gamma,
+                self.beta,
+                pattern=self.pattern,
+                mask=mask,
+                return_statistics=return_statistics,
+                **self.options._asdict(),
+            )
+        except RevINError as error:  # the functional's remaining checks (mask, ...), renamed
+            message = str(error).removeprefix(f"{_FUNCTIONAL_CALL}: ")
+            raise type(error)(f"{call}: {message}") from None
+
+    def _check_input(self, call: str, x: Tensor) -> Layout:
+        """The layout of ``x``; its variate count against ``num_variates`` (or a warning)."""
+        try:
+            layout = parse(self.pattern, _check_tensor("x", x).ndim)
+        except (TypeError, ValueError) as error:
+            raise _error(call, error) from None
+        if layout.variate is None:
+            return layout
+        variates, steps = x.shape[layout.variate], x.shape[layout.time]
+        if self.num_variates is not None and variates != self.num_variates:
+            raise RevINError(
+                f'{call}: x has {variates} variates on axis "v" (shape {tuple(x.shape)}, '
+                f'pattern "{self.pattern}"), expected num_variates={self.num_variates}'
+            )
+        if self.num_variates is None and steps < variates and not torch.compiler.is_compiling():
+            warnings.warn(
+                f'{call}: x of shape {tuple(x.shape)} has {steps} steps on the time axis "t" '
+                f'and {variates} variates on "v" (pattern "{self.pattern}"): fewer steps than '
+                "variates often means the axes are swapped; pass the right pattern, or "
+                "num_variates= to have the variate axis checked (and this warning silenced)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return layout
 
     if TYPE_CHECKING:  # calling the module is calling forward, with its types
         __call__ = forward
@@ -137,13 +194,9 @@ class RevIN(nn.Module):
         )
 
     def _identity(
-        self, x: Tensor, return_statistics: bool
+        self, x: Tensor, layout: Layout, return_statistics: bool
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:
         """non_norm: y = x and a reverse_fn that returns its input (after the same checks)."""
-        try:
-            layout = parse(self.pattern, _check_tensor("x", x).ndim)
-        except (TypeError, ValueError) as error:
-            raise _error("RevIN.forward(x)", error) from None
         shape = list(x.shape)
         shape[layout.time] = 1
         zero = x.new_zeros(shape, dtype=stats_dtype(x.dtype))
@@ -152,6 +205,27 @@ class RevIN(nn.Module):
         if return_statistics:
             return x, identity, Statistics(zero, one, None, None)
         return x, identity
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """iTransformer checkpoints: (V, 1) gamma/beta as (V,); frozen ones with affine=False."""
+        for name, identity in (("gamma", 1.0), ("beta", 0.0)):
+            value = state_dict.get(prefix + name)
+            if not isinstance(value, Tensor):
+                continue
+            if self.affine and value.shape == (self.num_variates, 1):
+                state_dict[prefix + name] = value.reshape(-1)
+            elif not self.affine:
+                if not value.is_meta and not bool((value == identity).all()):
+                    raise RevINError(
+                        f"RevIN(num_variates={self.num_variates!r}).load_state_dict(state_dict): "
+                        f"{prefix}{name} holds learned values, but this RevIN has affine=False; "
+                        f"build it with affine=True to load them (identity {name} values, "
+                        f"all {identity:g}, are accepted and ignored)"
+                    )
+                del state_dict[prefix + name]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         changed = {

@@ -1,5 +1,9 @@
 """revin_fn.compat against the published formulas, written out here from the equations."""
 
+import copy
+import io
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -319,4 +323,118 @@ def test_s4_state_dict_keys_match_the_original():
         "norm_input.norm.weight",
         "norm_input.norm.bias",
     }
-    assert not list(norm_in.parameters())  # nothing for DDP to find unused
+    original_in = OriginalS4Input(4)
+    original_out = OriginalS4Output(original_in)
+    assert [n for n, _ in norm_in.named_parameters()] == ["norm.weight", "norm.bias"]
+    assert [n for n, _ in norm_out.named_parameters()] == [
+        n for n, _ in original_out.named_parameters()
+    ]
+    assert norm_out.weight is norm_in.norm.weight and norm_in.norm.weight.requires_grad
+
+
+class OriginalS4Input(torch.nn.Module):
+    """The S4 / ESPnet input half's structure: an InstanceNorm1d(d, affine=True) never called."""
+
+    def __init__(self, d, transposed=False):
+        super().__init__()
+        self.transposed = transposed
+        self.norm = torch.nn.InstanceNorm1d(d, affine=True, track_running_stats=False)
+
+
+class OriginalS4Output(torch.nn.Module):
+    def __init__(self, norm_input):
+        super().__init__()
+        self.transposed = norm_input.transposed
+        self.weight = norm_input.norm.weight
+        self.bias = norm_input.norm.bias
+        self.norm_input = norm_input
+
+
+class S4Forecaster(torch.nn.Module):
+    def __init__(self, input_cls, output_cls, d=3):
+        super().__init__()
+        self.norm_in = input_cls(d)
+        self.linear = torch.nn.Linear(20, 20)
+        self.norm_out = output_cls(self.norm_in)
+
+
+def test_s4_optimizer_state_of_the_original_loads():
+    original = S4Forecaster(OriginalS4Input, OriginalS4Output)
+    optimizer = torch.optim.AdamW(original.parameters(), lr=1e-3)
+    original.linear(torch.randn(4, 20)).sum().backward()
+    optimizer.step()
+    model = S4Forecaster(ReversibleInstanceNorm1dInput, ReversibleInstanceNorm1dOutput)
+    model.load_state_dict(original.state_dict())
+    ours = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ours.load_state_dict(optimizer.state_dict())
+    moved = 0
+    for ours_param, original_param in zip(model.parameters(), original.parameters(), strict=True):
+        assert ours_param.shape == original_param.shape
+        if original_param in optimizer.state:  # the linear layer's: moved with the state
+            got, want = ours.state[ours_param], optimizer.state[original_param]
+            moved += torch.equal(got["exp_avg"], want["exp_avg"])
+    assert moved == 2
+    norm = model.norm_in
+    y = norm(torch.randn(2, 20, 3) * 4 + 1)
+    x_hat = model.norm_out(model.linear(y.transpose(1, 2)).transpose(1, 2))
+    x_hat.sum().backward()
+    ours.step()  # the unused affine parameters get no gradient, as in the original
+
+
+class Wrapped(torch.nn.Module):
+    """A layer before the norm, so the statistics are graph tensors even without affine."""
+
+    def __init__(self, norm, denorm=None):
+        super().__init__()
+        self.embed = torch.nn.Linear(3, 3)
+        self.norm = norm
+        self.denorm = denorm
+        self.head = torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        x = self.embed(x)
+        if self.denorm is None:
+            y = self.norm(x, mode="norm")
+            return self.norm(self.head(y.transpose(1, 2)).transpose(1, 2), mode="denorm")
+        y = self.norm(x)
+        return self.denorm(self.head(y.transpose(1, 2)).transpose(1, 2))
+
+
+def _models():
+    s4_in = ReversibleInstanceNorm1dInput(3)
+    return [
+        Wrapped(RevIN(3)),
+        Wrapped(Normalize(3, affine=True)),
+        Wrapped(ReversibleInstanceNorm(3)),
+        Wrapped(ReversibleInstanceNorm(3, affine=True, subtract_last=True)),
+        Wrapped(s4_in, ReversibleInstanceNorm1dOutput(s4_in)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["revin", "normalize", "keras", "keras-last", "s4"])
+def test_models_copy_and_pickle_after_a_forward_with_gradients(index):
+    model = _models()[index]
+    x = torch.randn(4, 16, 3) * 3 + 5
+    model(x).sum().backward()  # keeps the latest statistics, graph tensors
+    twin = copy.deepcopy(model)
+    assert twin.norm.reverse_fn is None and model.norm.reverse_fn is not None  # per-batch state
+    averaged = torch.optim.swa_utils.AveragedModel(model)
+    averaged.update_parameters(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    expected = model(x)
+    for other in (twin, averaged, loaded):
+        torch.testing.assert_close(other(x), expected)
+
+
+@pytest.mark.parametrize(
+    "cls", [RevIN, Normalize, ReversibleInstanceNorm, ReversibleInstanceNorm1dInput]
+)
+def test_numpy_integer_sizes_and_bool_refused(cls):
+    layer = cls(np.int64(7))
+    size = layer.d if cls is ReversibleInstanceNorm1dInput else layer.num_features
+    assert size == 7 and type(size) is int
+    with pytest.raises(RevINError, match=r"\(.*=True\): .* must be a positive int, got True"):
+        cls(True)

@@ -217,7 +217,7 @@ def test_normalization_matches_keras_and_inverts():
     x = dataset(n=3).transpose(1, 2)
     y, _, stats = norm(x, return_statistics=True)
     torch.testing.assert_close(y, keras_normalize(x, mean, var), atol=1e-6, rtol=1e-6)
-    assert stats.mean is norm.mean
+    assert torch.equal(stats.mean, norm.mean) and stats.mean.data_ptr() != norm.mean.data_ptr()
     denorm = Normalization(5, pattern="b t v", invert=True, mean=norm.mean, variance=norm.variance)
     x_hat, renorm = denorm(y)
     torch.testing.assert_close(
@@ -250,7 +250,7 @@ def test_normalization_state_dict_round_trip(tmp_path):
     x = dataset(n=2)
     torch.testing.assert_close(fresh(x)[0], norm(x)[0])
     fresh.load_state_dict(Normalization(5).state_dict())  # NaN again: checked again
-    with pytest.raises(RevINError, match=r"no statistics yet"):
+    with pytest.raises(RevINError, match=r"forward\(x\): the loaded statistics are all NaN"):
         fresh(x)
     buffer = io.BytesIO()
     torch.save(torch.nn.Sequential(norm), buffer)
@@ -280,3 +280,144 @@ def test_normalization_bad_arguments():
 def test_exports():
     assert revin_fn.Normalization is Normalization
     assert revin_fn.adapt is adapt and revin_fn.normalize is normalize
+
+
+# --- the statistics a call hands out are its own --------------------------------------------
+def test_normalization_reverse_fn_and_statistics_do_not_move_with_the_buffers():
+    norm = Normalization(5).adapt(dataset())
+    x = dataset(n=4, dtype=torch.float32)
+    y, reverse_fn, stats = norm(x, return_statistics=True)
+    before, mean = reverse_fn(y), stats.mean.clone()
+    norm.adapt(dataset() * 10 + 500)  # adapt again
+    torch.testing.assert_close(reverse_fn(y), before, rtol=0, atol=0)
+    norm.load_state_dict(Normalization(5, mean=-3, variance=9).state_dict())
+    torch.testing.assert_close(reverse_fn(y), before, rtol=0, atol=0)
+    assert torch.equal(stats.mean, mean)
+    stats.mean.zero_()  # writing the returned statistics leaves the module alone
+    assert torch.equal(norm.mean, torch.full((5,), -3.0, dtype=torch.float64))
+
+
+def test_normalize_reverse_fn_owns_its_statistics():
+    stats = adapt(dataset())
+    stats32 = Statistics(stats.mean.float(), stats.variance.float(), None, None)
+    x = dataset(n=3, dtype=torch.float32)
+    y, reverse_fn = normalize(x, stats32)
+    y64, reverse64 = normalize(x, stats)
+    before, before64 = reverse_fn(y), reverse64(y64)
+    for passed in (stats, stats32):
+        passed.mean.add_(1000)
+        passed.variance.mul_(4)
+    assert torch.equal(reverse_fn(y), before) and torch.equal(reverse64(y64), before64)
+
+
+# --- accuracy at a large level --------------------------------------------------------------
+def test_normalization_at_a_level_of_1e6_is_within_1e_5_of_float64():
+    x = (1e6 + 40 * torch.randn(64, 3, 200, dtype=torch.float64)).float()
+    norm = Normalization(3).adapt(x)
+    y, _ = norm(x)
+    stats = adapt(x)  # float64
+    want = (x.double() - stats.mean.view(1, 3, 1)) / stats.variance.sqrt().view(1, 3, 1)
+    assert y.dtype == torch.float32
+    assert (y.double() - want).abs().max() < 1e-5
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    level=st.floats(-1e7, 1e7),
+    std=st.floats(1e-2, 1e3),
+    seed=st.integers(0, 2**16),
+)
+def test_normalize_with_adapted_statistics_matches_float64(level, std, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (level + std * torch.randn(8, 2, 50, generator=g, dtype=torch.float64)).float()
+    stats = adapt(x)
+    y, _ = normalize(x, stats, pattern="b v t")
+    sigma = stats.variance.clamp(min=1e-5).sqrt().view(1, 2, 1)
+    want = (x.double() - stats.mean.view(1, 2, 1)) / sigma
+    torch.testing.assert_close(y.double(), want, atol=1e-5, rtol=1e-6)
+
+
+# --- inputs as users pass them --------------------------------------------------------------
+def test_adapt_takes_numpy_arrays_lists_of_arrays_and_dataframes():
+    x = dataset()
+    want = adapt(x)
+    for data in (
+        x.numpy(),
+        list(x.numpy().reshape(10, 30, 5, 40)),
+        [(a, 0) for a in x.numpy()[:, None]],
+    ):
+        got = adapt(data)
+        torch.testing.assert_close(got.mean, want.mean)
+        torch.testing.assert_close(got.variance, want.variance)
+    pd = pytest.importorskip("pandas")
+    table = x.transpose(1, 2).reshape(-1, 5).numpy()  # rows are steps, one column per variate
+    frame = pd.DataFrame(table, columns=list("abcde"))
+    for pattern in ("b v t", "b t v", "v t", "... t v"):
+        got = adapt(frame, pattern=pattern)
+        torch.testing.assert_close(got.mean, want.mean)
+        torch.testing.assert_close(got.variance, want.variance)
+    norm = Normalization(5, pattern="b t v").adapt([frame.iloc[:100], frame.iloc[100:]])
+    torch.testing.assert_close(norm.mean, want.mean)
+    frame["date"] = pd.date_range("2020-01-01", periods=len(frame), freq="h").astype(str)
+    with pytest.raises(RevINTypeError, match=r"non-numeric columns \['date'\]; select"):
+        adapt(frame)
+
+
+def test_adapt_on_data_with_nan_needs_mask_nan():
+    x = dataset()
+    x[3, 2, 7] = float("nan")
+    with pytest.raises(
+        RevINError, match=r'adapt\(data\): data holds NaN or inf in variates \[2\]; pass mask="nan"'
+    ):
+        Normalization(5).adapt(x)
+    with pytest.raises(RevINError, match=r"data holds NaN or inf in variates \[2\]"):
+        adapt(iter(x.split(50)))
+    stats = adapt(x, mask="nan")
+    assert stats.mean.isfinite().all()
+    x[0, 0, 0] = float("inf")
+    with pytest.raises(RevINError, match=r"data holds inf .* in variates \[0\]"):
+        adapt(x, mask="nan")
+
+
+def test_loaded_nan_statistics_are_told_apart_from_no_statistics():
+    fresh = Normalization(5)
+    with pytest.raises(RevINError, match=r"forward\(x\): no statistics yet: call adapt"):
+        fresh(dataset(n=2))
+    state = Normalization(5, mean=0, variance=1).state_dict()
+    state["mean"][1] = float("nan")
+    fresh.load_state_dict(state)
+    with pytest.raises(RevINError, match=r"statistics hold NaN or inf \(mean in variates \[1\]\)"):
+        fresh(dataset(n=2))
+    with pytest.raises(RevINError, match=r"mean must be finite, got \[0.0, nan\]"):
+        Normalization(2, mean=[0, float("nan")], variance=1)
+
+
+def test_compile_fullgraph_after_load_state_dict():
+    torch._dynamo.reset()
+    norm = Normalization(5)
+    norm.load_state_dict(Normalization(5).adapt(dataset()).state_dict())
+    compiled = torch.compile(norm, fullgraph=True, backend="aot_eager")
+    x = dataset(n=2, dtype=torch.float32)
+    torch.testing.assert_close(compiled(x)[0], norm(x)[0])
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((True,), {}, RevINTypeError,
+         r"^Normalization\(num_variates=True\): num_variates must be a positive int, got True"),
+        ((5,), {"pattern": None}, RevINTypeError,
+         r'^Normalization\(num_variates=5\): pattern must be a string such as "b v t", got None'),
+        ((5,), {"eps": None}, RevINTypeError, r"eps must be a positive number, got None"),
+        ((5.0,), {}, RevINTypeError, r"num_variates must be a positive int, got 5\.0"),
+    ],
+)  # fmt: skip
+def test_normalization_constructor_errors(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Normalization(*args, **kwargs)
+
+
+def test_normalization_numpy_integer_size():
+    norm = Normalization(np.int64(5)).adapt(dataset().numpy())
+    assert norm.num_variates == 5 and type(norm.num_variates) is int
+    assert norm.mean.shape == (5,)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from _helpers import assert_round_trip
 
-from revin_fn import RevIN, Statistics, revin
+from revin_fn import RevIN, RevINError, RevINTypeError, Statistics, revin
 
 
 def test_parameters_and_forward_is_one_call_to_revin():
@@ -161,3 +163,107 @@ def test_torch_compile_fullgraph_matches_eager(backend):
     x.requires_grad_(True)
     compiled(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# --- variate-axis check, sizes, constructor and call errors ---------------------------------
+def test_num_variates_is_checked_on_every_call_even_without_affine():
+    norm = RevIN(num_variates=7, affine=False)  # default "b v t"
+    with pytest.raises(
+        RevINError,
+        match=r'RevIN\(num_variates=7\)\.forward\(x\): x has 96 variates on axis "v" '
+        r'\(shape \(32, 96, 7\), pattern "b v t"\), expected num_variates=7',
+    ):
+        norm(torch.randn(32, 96, 7))
+    y, _ = norm(torch.randn(32, 7, 96))
+    assert y.shape == (32, 7, 96)
+
+
+def test_module_call_names_the_module_not_the_functional():
+    with pytest.raises(
+        RevINError,
+        match=r'^RevIN\(num_variates=7\)\.forward\(x\): x has 5 variates on axis "v" '
+        r'\(shape \(2, 10, 5\), pattern "b t v"\), expected num_variates=7$',
+    ):
+        RevIN(7, pattern="b t v")(torch.randn(2, 10, 5))
+    norm = RevIN(3)
+    with pytest.raises(RevINError, match=r"^RevIN\(num_variates=3\)\.forward\(x\): mask has sh"):
+        norm(torch.randn(2, 3, 10), mask=torch.ones(4, 3, 10, dtype=torch.bool))
+    with pytest.raises(RevINTypeError, match=r"^RevIN\(num_variates=3\)\.forward\(x\): x must"):
+        norm(torch.ones(2, 3, 10, dtype=torch.long))
+
+
+def test_short_time_axis_warns_only_when_the_variate_axis_is_unchecked():
+    with pytest.warns(UserWarning, match=r'has 7 steps on the time axis "t" and 96 variates'):
+        RevIN(affine=False)(torch.randn(32, 96, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RevIN(affine=False)(torch.randn(32, 7, 96))
+        RevIN(862, affine=False)(torch.randn(4, 862, 96))  # Traffic: 862 variates, 96 steps
+
+
+@pytest.mark.parametrize("size", [np.int64(7), np.int32(7), torch.tensor(7)])
+def test_numpy_integers_are_sizes(size):
+    norm = RevIN(size)
+    assert norm.num_variates == 7 and type(norm.num_variates) is int
+    assert norm.gamma.shape == (7,)
+    assert RevIN(size, affine=False).num_variates == 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_variates": True}, RevINTypeError,
+         r"^RevIN\(num_variates=True\): num_variates must be a positive int, got True \(a bool\)"),
+        ({"num_variates": np.True_}, RevINTypeError, r"num_variates must be a positive int"),
+        ({"num_variates": 7.0}, RevINTypeError, r"num_variates must be a positive int, got 7\.0"),
+        ({"num_variates": 0}, RevINError, r"num_variates must be a positive int, got 0"),
+        ({"num_variates": 7, "eps": None}, RevINTypeError,
+         r"^RevIN\(num_variates=7\): eps must be a positive number, got None"),
+        ({"num_variates": 7, "eps": True}, RevINTypeError, r"eps must be a positive number"),
+        ({"num_variates": 7, "pattern": None}, RevINTypeError,
+         r'^RevIN\(num_variates=7\): pattern must be a string such as "b v t", got None'),
+        ({"num_variates": 7, "pattern": "b t"}, RevINError,
+         r'num_variates=7 needs a variate axis "v" in the pattern, got pattern "b t"'),
+    ],
+)  # fmt: skip
+def test_constructor_errors_name_the_constructor(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RevIN(**kwargs)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+class ITransformerRevIN(torch.nn.Module):
+    """lucidrains' iTransformer RevIN parameters: (V, 1), frozen when affine=False."""
+
+    def __init__(self, num_variates: int, affine: bool = True) -> None:
+        super().__init__()
+        self.gamma = torch.nn.Parameter(torch.ones(num_variates, 1), requires_grad=affine)
+        self.beta = torch.nn.Parameter(torch.zeros(num_variates, 1), requires_grad=affine)
+
+
+def test_itransformer_checkpoint_loads():
+    original = ITransformerRevIN(5)
+    with torch.no_grad():
+        original.gamma.uniform_(0.5, 2)
+        original.beta.normal_()
+    model = torch.nn.Sequential(original)
+    norm = torch.nn.Sequential(RevIN(5))
+    norm.load_state_dict(model.state_dict())
+    assert torch.equal(norm[0].gamma, original.gamma.view(5))
+    assert torch.equal(norm[0].beta, original.beta.view(5))
+    x = torch.randn(3, 5, 20)
+    y, _ = norm[0](x)
+    torch.testing.assert_close(y, revin(x, original.gamma, original.beta)[0])
+
+
+def test_itransformer_checkpoint_without_affine_loads_and_learned_values_are_refused():
+    frozen = ITransformerRevIN(5, affine=False).state_dict()
+    norm = RevIN(5, affine=False)
+    result = norm.load_state_dict(frozen)  # strict: the identity keys are accepted
+    assert result.missing_keys == result.unexpected_keys == []
+    assert norm.gamma is None and list(norm.parameters()) == []
+    learned = {"gamma": torch.full((5, 1), 2.0), "beta": torch.zeros(5, 1)}
+    with pytest.raises(RevINError, match=r"gamma holds learned values, but this RevIN has aff"):
+        norm.load_state_dict(learned)
+    with pytest.raises(RuntimeError, match=r"size mismatch for gamma"):
+        RevIN(4).load_state_dict(ITransformerRevIN(5).state_dict())

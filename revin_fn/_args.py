@@ -1,0 +1,44 @@
+"""Constructor argument checks shared by the module shells (``RevIN``, ``Normalization``, compat).
+
+Each raises a short fact (``TypeError`` for a wrong type, ``ValueError`` for a wrong value); the
+constructor re-raises it once, naming itself.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+from ._patterns import Layout, parse
+
+
+def size(name: str, value: object) -> int:
+    """``value`` as a positive ``int``: Python and numpy integers (``operator.index``), no bools."""
+    if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):  # numpy bools too
+        raise TypeError(f"{name} must be a positive int, got {value!r} (a bool)")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a positive int, got {value!r} ({type(value).__name__})"
+        ) from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return number
+
+
+def number(name: str, value: object) -> float:
+    """``value`` as a ``float``: Python and numpy reals, no bools (the range is checked later)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def layout(pattern: object) -> Layout:
+    """The pattern parsed for its explicit axes (``...`` standing for none): checks it once."""
+    if not isinstance(pattern, str):
+        raise TypeError(
+            f'pattern must be a string such as "b v t", got {pattern!r} ({type(pattern).__name__})'
+        )
+    explicit = [name for name in pattern.replace("…", " ... ").split() if name != "..."]
+    return parse(pattern, len(explicit))
