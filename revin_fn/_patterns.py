@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from einops import EinopsError
 from einops.parsing import ParsedExpression
 
@@ -34,9 +35,12 @@ _LAYOUTS: dict[tuple[str, int], Layout] = {}
 def parse(pattern: str, ndim: int) -> Layout:
     """Resolve ``pattern`` for a tensor of rank ``ndim``, once: later calls are a dict lookup.
 
-    A plain dict rather than ``functools.lru_cache``: torch.compile traces through it without
-    a warning. Raises ValueError with a short fact.
+    A plain dict rather than ``functools.lru_cache``, bypassed while compiling: a lookup in
+    a cache filled by the first trace would fail its guard and recompile once. Raises
+    ValueError with a short fact.
     """
+    if torch.compiler.is_compiling():  # traced once per graph; a cache lookup would be a guard
+        return _parse(pattern, ndim)
     layout = _LAYOUTS.get((pattern, ndim)) if isinstance(pattern, str) else None
     if layout is None:
         layout = _LAYOUTS.setdefault((pattern, ndim), _parse(pattern, ndim))

@@ -279,9 +279,9 @@ def test_forcing_a_backend_that_cannot_take_the_call_lists_why() -> None:
     assert message.startswith('revin(x, gamma, beta): backend "native"')
     assert 'method "robust" (supports std)' in message
     assert 'eps_mode "add_std"' in message and "a mask (supports none)" in message
-    with pytest.raises(RevINError, match=r"backends.use\('bogus'\): no backend 'bogus'"):
-        with backends.use("bogus"):
-            pass
+    bogus = r"backends.use\('bogus'\): no backend 'bogus'"
+    with pytest.raises(RevINError, match=bogus), backends.use("bogus"):
+        pass
 
 
 def test_automatic_choice_sends_what_the_native_backend_cannot_take_to_the_reference() -> None:

@@ -142,7 +142,8 @@ def select(request: Request) -> Backend:
     it. Raises ``ValueError`` listing the reasons when the forced backend cannot take it."""
     forced = _FORCED[-1] if _FORCED else None
     key = (request, forced)
-    backend = _CHOICES.get(key)
+    caching = not torch.compiler.is_compiling()  # see _patterns.parse
+    backend = _CHOICES.get(key) if caching else None
     if backend is not None:
         return backend
     if forced is not None:
@@ -155,7 +156,8 @@ def select(request: Request) -> Backend:
             )
     else:
         backend = next(b for b in _REGISTRY.values() if not b.not_supported_reasons(request))
-    _CHOICES[key] = backend
+    if caching:
+        _CHOICES[key] = backend
     return backend
 
 

@@ -1,0 +1,178 @@
+"""The default call under every PyTorch transform and mode, and its host reads.
+
+Each mode other than plain eager must reach the reference (no value read, one path), and give
+what eager gives.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as forward_ad
+from torch._dynamo.testing import CompileCounter
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from revin_fn import backends, revin
+
+X = torch.randn(8, 3, 24) * 4 + 10
+GAMMA = torch.tensor([1.5, -0.5, 0.0])
+BETA = torch.tensor([0.1, 0.2, -0.3])
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that copy a tensor value to the host (``.item()``, ``bool()``, ...)."""
+
+    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def forecast(x: torch.Tensor, gamma: torch.Tensor | None = GAMMA, beta: torch.Tensor | None = BETA):
+    y, reverse_fn = revin(x, gamma, beta)
+    return reverse_fn(y.flip(-1) * 0.5)
+
+
+@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
+@pytest.mark.parametrize("offset", [0.0, 1e5])  # the second takes the shifted pass
+@pytest.mark.parametrize("spread", [1.0, 1e-4])  # the second needs the eps clamp
+def test_host_reads_per_forward_reverse_backward(pattern: str, offset: float, spread: float):
+    shape = (8, 3, 24) if pattern == "b v t" else (8, 24, 3)
+    x = (torch.randn(shape) * spread + offset).requires_grad_()
+    gamma, beta = GAMMA.clone().requires_grad_(), BETA.clone().requires_grad_()
+    with HostReads() as forward:
+        y, reverse_fn = revin(x, gamma, beta, pattern=pattern)
+    one = y.narrow(pattern.split().index("v"), 2, 1)
+    with HostReads() as reverse:
+        out = reverse_fn(y) + reverse_fn(one, variates=[2]).sum() + reverse_fn(one, variates=2)
+        reverse_fn(one, variates=torch.tensor([2]))
+        reverse_fn(one, variates=[False, False, True])
+    with HostReads() as backward:
+        out.square().sum().backward()
+    assert (forward.count, reverse.count, backward.count) == (1, 0, 0)
+
+
+def test_the_reference_reads_no_value() -> None:
+    x = X.clone().requires_grad_()
+    with backends.use("reference"), HostReads() as reads:
+        forecast(x).sum().backward()
+        revin(x, mask=x > 10, method="robust")[0].sum().backward()
+        revin(x, causal=True)[0].sum().backward()
+    assert reads.count == 0
+
+
+def test_compile_fullgraph_dynamic_is_one_graph_for_any_batch() -> None:
+    counter = CompileCounter()
+    compiled = torch.compile(forecast, backend=counter, fullgraph=True, dynamic=True)
+    for batch in (2, 37, 100_000):
+        x = torch.randn(batch, 3, 24) * 4 + 10
+        torch.testing.assert_close(compiled(x), forecast(x), atol=1e-4, rtol=1e-5)
+    assert counter.frame_count == 1
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_matches_eager() -> None:
+    compiled = torch.compile(forecast, fullgraph=True)
+    torch.testing.assert_close(compiled(X), forecast(X), atol=1e-4, rtol=1e-5)
+
+
+def test_export_with_a_dynamic_batch() -> None:
+    class Model(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return forecast(x)
+
+    batch = torch.export.Dim("batch", min=2, max=100_000)
+    program = torch.export.export(Model(), (X,), dynamic_shapes={"x": {0: batch}})
+    for size in (2, 50, 5000):
+        x = torch.randn(size, 3, 24) * 1e-3 + 5  # quiet data: the eps floor applies
+        torch.testing.assert_close(program.module()(x), forecast(x), atol=1e-4, rtol=1e-5)
+
+
+def test_onnx_export_with_a_dynamic_batch(tmp_path) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+
+    class Model(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return forecast(x)
+
+    batch = torch.export.Dim("batch", min=2, max=100_000)
+    torch.onnx.export(Model(), (X,), tmp_path / "revin.onnx", dynamo=True,
+                      dynamic_shapes={"x": {0: batch}})  # fmt: skip
+    assert (tmp_path / "revin.onnx").stat().st_size > 0
+
+
+def test_jit_trace_is_valid_for_other_inputs() -> None:
+    traced = torch.jit.trace(forecast, (X,))
+    for x in (torch.randn(8, 3, 24) * 1e-3, torch.randn(8, 3, 24) + 1e6, X * 2):
+        torch.testing.assert_close(traced(x), forecast(x), atol=1e-4, rtol=1e-5)
+
+
+def test_torch_func_transforms_equal_autograd() -> None:
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return forecast(x).sin().sum()
+
+    x = X.double()
+    leaf = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(loss(leaf), leaf)
+    torch.testing.assert_close(torch.func.grad(loss)(x), expected)
+    row = torch.func.jacrev(lambda v: forecast(v).sum(-1))(x[:1])
+    assert row.shape == (1, 3, 1, 3, 24)
+    tangent = torch.randn_like(x)
+    _, jvp = torch.func.jvp(lambda v: forecast(v), (x,), (tangent,))
+    with forward_ad.dual_level():
+        dual = forecast(forward_ad.make_dual(x, tangent))
+        torch.testing.assert_close(forward_ad.unpack_dual(dual).tangent, jvp)
+    mapped = torch.func.vmap(lambda v: forecast(v.unsqueeze(0)).squeeze(0))(x)
+    torch.testing.assert_close(mapped, forecast(x))
+
+
+def test_gradgradcheck_on_the_default_path() -> None:
+    x = (torch.randn(3, 3, 10, dtype=torch.float64) * 2 + 1).requires_grad_()
+    gamma = torch.tensor([1.5, -0.7, 0.4], dtype=torch.float64, requires_grad=True)
+    beta = torch.tensor([0.1, 0.2, 0.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda *a: forecast(*a).square(), (x, gamma, beta))
+
+
+def test_fake_and_meta_tensors() -> None:
+    with FakeTensorMode() as mode:
+        y = forecast(*(mode.from_tensor(t) for t in (X, GAMMA, BETA)))
+    assert y.shape == X.shape
+    y = forecast(X.to("meta"), GAMMA.to("meta"), BETA.to("meta"))
+    assert y.shape == X.shape and y.device.type == "meta"
+
+
+def test_every_mode_reaches_the_reference() -> None:
+    routes: dict[str, list[str]] = {}
+    with backends.record() as calls:
+        torch.jit.trace(forecast, (X,), check_trace=False)  # the check runs eagerly
+    routes["tracing"] = [name for name, _ in calls]
+    with backends.record() as calls:
+        torch.func.grad(lambda v: forecast(v).sum())(X)
+    routes["functorch"] = [name for name, _ in calls]
+    with backends.record() as calls, FakeTensorMode() as mode:
+        forecast(*(mode.from_tensor(t) for t in (X, GAMMA, BETA)))
+    routes["fake"] = [name for name, _ in calls]
+    with backends.record() as calls, forward_ad.dual_level():
+        forecast(forward_ad.make_dual(X, torch.ones_like(X)))
+    routes["forward_ad"] = [name for name, _ in calls]
+    assert routes == {mode: ["reference", "reference"] for mode in routes}
+    with backends.record() as calls:
+        forecast(X)
+    assert [name for name, _ in calls] == ["native", "native"]
+
+
+def test_autocast_outputs_come_back_in_the_input_dtype() -> None:
+    model = torch.nn.Linear(24, 24)
+    x = torch.randn(8, 3, 24) * 1e5 + 3e5
+    y, reverse_fn = revin(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = reverse_fn(model(y))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reverse_fn(model(y)), atol=0.02 * 1e5, rtol=0)
