@@ -33,7 +33,7 @@ def blocks(length: int, inner: int) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _variate(pid_o, cols, vdiv, V, VARIATE_OUTER: tl.constexpr):  # type: ignore[no-untyped-def]
+def _variate(pid_o, cols, vdiv, V, VARIATE_OUTER: tl.constexpr):
     """Index into the (V,) affine vectors of each instance of the block."""
     if VARIATE_OUTER:
         return (pid_o // vdiv) % V + cols * 0
@@ -41,7 +41,7 @@ def _variate(pid_o, cols, vdiv, V, VARIATE_OUTER: tl.constexpr):  # type: ignore
 
 
 @triton.jit
-def _scale(var, eps, EPS_MODE: tl.constexpr):  # type: ignore[no-untyped-def]
+def _scale(var, eps, EPS_MODE: tl.constexpr):
     """The eps rule of ``_reference.scale_from_variance``."""
     if EPS_MODE == 0:
         return tl.sqrt_rn(tl.maximum(var, eps))
@@ -51,7 +51,7 @@ def _scale(var, eps, EPS_MODE: tl.constexpr):  # type: ignore[no-untyped-def]
 
 
 @triton.jit
-def _affine(gamma_ptr, beta_ptr, vidx, cmask, eps, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr):  # type: ignore[no-untyped-def]  # noqa: E501
+def _affine(gamma_ptr, beta_ptr, vidx, cmask, eps, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr):
     """Guarded gamma (``sign(gamma) * max(|gamma|, eps)``, sign(0) = +1) and beta per column."""
     g = tl.full(vidx.shape, 1.0, tl.float32)
     b = tl.zeros(vidx.shape, tl.float32)
@@ -64,7 +64,7 @@ def _affine(gamma_ptr, beta_ptr, vidx, cmask, eps, HAS_GAMMA: tl.constexpr, HAS_
 
 
 @triton.jit
-def normalize_kernel(  # type: ignore[no-untyped-def]
+def normalize_kernel(
     x_ptr, y_ptr, loc_ptr, var_ptr, gain_ptr, offset_ptr, gamma_ptr, beta_ptr,
     T, inner, sxo, sxt, sxi, V, vdiv, eps,
     VARIATE_OUTER: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
@@ -80,7 +80,12 @@ def normalize_kernel(  # type: ignore[no-untyped-def]
     shift = tl.load(x_ptr + pid_o * sxo + cols * sxi, mask=cmask, other=0.0).to(tl.float32)
     if SINGLE:  # the whole instance in registers: one read, exact two-pass moments
         m = (steps[:, None] < T) & cmask[None, :]
-        d = tl.where(m, tl.load(x_base + steps[:, None] * sxt, mask=m, other=0.0).to(tl.float32) - shift[None, :], 0.0)  # noqa: E501
+        d = tl.where(
+            m,
+            tl.load(x_base + steps[:, None] * sxt, mask=m, other=0.0).to(tl.float32)
+            - shift[None, :],
+            0.0,
+        )
         mean = tl.sum(d, axis=0) / T
         c = tl.where(m, d - mean[None, :], 0.0)
         var = tl.sum(c * c, axis=0) / T
@@ -91,7 +96,12 @@ def normalize_kernel(  # type: ignore[no-untyped-def]
         for start in range(0, T, BLOCK_T):
             t = start + steps
             m = (t[:, None] < T) & cmask[None, :]
-            d = tl.where(m, tl.load(x_base + t[:, None] * sxt, mask=m, other=0.0).to(tl.float32) - shift[None, :], 0.0)  # noqa: E501
+            d = tl.where(
+                m,
+                tl.load(x_base + t[:, None] * sxt, mask=m, other=0.0).to(tl.float32)
+                - shift[None, :],
+                0.0,
+            )
             nc = tl.minimum(T - start, BLOCK_T).to(tl.float32)
             mc = tl.sum(d, axis=0) / nc
             c = tl.where(m, d - mc[None, :], 0.0)
@@ -102,10 +112,22 @@ def normalize_kernel(  # type: ignore[no-untyped-def]
             n = total
         var = m2 / T
     scale = _scale(var, eps, EPS_MODE)
-    g, b = _affine(gamma_ptr, beta_ptr, _variate(pid_o, cols, vdiv, V, VARIATE_OUTER), cmask, eps, HAS_GAMMA, HAS_BETA)  # noqa: E501
+    g, b = _affine(
+        gamma_ptr,
+        beta_ptr,
+        _variate(pid_o, cols, vdiv, V, VARIATE_OUTER),
+        cmask,
+        eps,
+        HAS_GAMMA,
+        HAS_BETA,
+    )
     factor = tl.div_rn(g, scale)
     if SINGLE:
-        tl.store(y_base + steps[:, None] * inner, (c * factor[None, :] + b[None, :]).to(y_ptr.dtype.element_ty), mask=m)  # noqa: E501
+        tl.store(
+            y_base + steps[:, None] * inner,
+            (c * factor[None, :] + b[None, :]).to(y_ptr.dtype.element_ty),
+            mask=m,
+        )
     else:
         for start in range(0, T, BLOCK_T):
             t = start + steps
@@ -123,8 +145,8 @@ def normalize_kernel(  # type: ignore[no-untyped-def]
 
 
 @triton.jit
-def normalize_backward_kernel(  # type: ignore[no-untyped-def]
-    x_ptr, gy_ptr, loc_ptr, var_ptr, gamma_ptr, beta_ptr,
+def normalize_backward_kernel(
+    x_ptr, gy_ptr, var_ptr, gamma_ptr, beta_ptr,
     gloc_ptr, gvar_ptr, ggain_ptr, goffset_ptr, dx_ptr, pgamma_ptr, pbeta_ptr,
     T, inner, sxo, sxt, sxi, sgo, sgt, sgi, V, vdiv, eps,
     VARIATE_OUTER: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
@@ -136,7 +158,9 @@ def normalize_backward_kernel(  # type: ignore[no-untyped-def]
 
     With ``d = x - loc`` and ``s`` the scale: ``y = d g / s + b``, ``gain = s / g``,
     ``offset = loc - b gain``, ``loc = mean(x)``, ``var = mean(d^2)``; the gradients of all
-    five outputs meet in ``dx = g gy / s + G_loc / T + 2 G_var d / T``.
+    five outputs meet in ``dx = g gy / s + G_loc / T + 2 G_var d / T``. ``d`` is recomputed
+    as the forward did (shifted by the first value, then centered), never as ``x - loc``: loc
+    is rounded to its own magnitude, which can be many standard deviations.
     """
     pid_o = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -145,26 +169,50 @@ def normalize_backward_kernel(  # type: ignore[no-untyped-def]
     stat = pid_o * inner + cols
     x_base = x_ptr + pid_o * sxo + cols[None, :] * sxi
     g_base = gy_ptr + pid_o * sgo + cols[None, :] * sgi
-    loc = tl.load(loc_ptr + stat, mask=cmask, other=0.0)
+    shift = tl.load(x_ptr + pid_o * sxo + cols * sxi, mask=cmask, other=0.0).to(tl.float32)
     var = tl.load(var_ptr + stat, mask=cmask, other=1.0)
     scale = _scale(var, eps, EPS_MODE)
-    g, b = _affine(gamma_ptr, beta_ptr, _variate(pid_o, cols, vdiv, V, VARIATE_OUTER), cmask, eps, HAS_GAMMA, HAS_BETA)  # noqa: E501
+    g, b = _affine(
+        gamma_ptr,
+        beta_ptr,
+        _variate(pid_o, cols, vdiv, V, VARIATE_OUTER),
+        cmask,
+        eps,
+        HAS_GAMMA,
+        HAS_BETA,
+    )
     if SINGLE:  # the whole instance in registers: one read of x and gy
         m = (steps[:, None] < T) & cmask[None, :]
         gy = tl.load(g_base + steps[:, None] * sgt, mask=m, other=0.0).to(tl.float32)
-        d = tl.where(m, tl.load(x_base + steps[:, None] * sxt, mask=m, other=0.0).to(tl.float32) - loc[None, :], 0.0)  # noqa: E501
+        xs = tl.where(
+            m,
+            tl.load(x_base + steps[:, None] * sxt, mask=m, other=0.0).to(tl.float32)
+            - shift[None, :],
+            0.0,
+        )
+        mean = tl.sum(xs, axis=0) / T
+        d = tl.where(m, xs - mean[None, :], 0.0)
         sum_gy = tl.sum(gy, axis=0)
         sum_gyd = tl.sum(gy * d, axis=0)
     else:
+        sum_xs = tl.zeros([BLOCK_I], tl.float32)
         sum_gy = tl.zeros([BLOCK_I], tl.float32)
-        sum_gyd = tl.zeros([BLOCK_I], tl.float32)
+        sum_gyxs = tl.zeros([BLOCK_I], tl.float32)
         for start in range(0, T, BLOCK_T):
             t = start + steps
             m = (t[:, None] < T) & cmask[None, :]
             gy = tl.load(g_base + t[:, None] * sgt, mask=m, other=0.0).to(tl.float32)
-            d = tl.where(m, tl.load(x_base + t[:, None] * sxt, mask=m, other=0.0).to(tl.float32) - loc[None, :], 0.0)  # noqa: E501
+            xs = tl.where(
+                m,
+                tl.load(x_base + t[:, None] * sxt, mask=m, other=0.0).to(tl.float32)
+                - shift[None, :],
+                0.0,
+            )
+            sum_xs += tl.sum(xs, axis=0)
             sum_gy += tl.sum(gy, axis=0)
-            sum_gyd += tl.sum(gy * d, axis=0)
+            sum_gyxs += tl.sum(gy * xs, axis=0)
+        mean = sum_xs / T
+        sum_gyd = sum_gyxs - mean * sum_gy
     gain = tl.div_rn(scale, g)
     zero = tl.zeros([BLOCK_I], tl.float32)
     goffset = zero
@@ -203,13 +251,14 @@ def normalize_backward_kernel(  # type: ignore[no-untyped-def]
             t = start + steps
             m = (t[:, None] < T) & cmask[None, :]
             gy = tl.load(g_base + t[:, None] * sgt, mask=m, other=0.0).to(tl.float32)
-            d = tl.load(x_base + t[:, None] * sxt, mask=m, other=0.0).to(tl.float32)
-            dx = gy * coef_gy[None, :] + coef_1[None, :] + (d - loc[None, :]) * coef_d[None, :]
+            v = tl.load(x_base + t[:, None] * sxt, mask=m, other=0.0).to(tl.float32)
+            d = (v - shift[None, :]) - mean[None, :]
+            dx = gy * coef_gy[None, :] + coef_1[None, :] + d * coef_d[None, :]
             tl.store(dx_base + t[:, None] * inner, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def scale_shift_kernel(  # type: ignore[no-untyped-def]
+def scale_shift_kernel(
     y_ptr, gain_ptr, offset_ptr, out_ptr, T, inner, syo, syt, syi, sgo, sgi, soo, soi,
     BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr,
 ):  # fmt: skip
@@ -228,7 +277,7 @@ def scale_shift_kernel(  # type: ignore[no-untyped-def]
 
 
 @triton.jit
-def scale_shift_backward_kernel(  # type: ignore[no-untyped-def]
+def scale_shift_backward_kernel(
     gout_ptr, y_ptr, gain_ptr, dy_ptr, dgain_ptr, doffset_ptr,
     T, inner, sgo, sgt, sgi, syo, syt, syi, sao, sai,
     BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr,
@@ -244,11 +293,19 @@ def scale_shift_backward_kernel(  # type: ignore[no-untyped-def]
     for start in range(0, T, BLOCK_T):
         t = start + steps
         m = (t[:, None] < T) & cmask[None, :]
-        gout = tl.load(gout_ptr + pid_o * sgo + t[:, None] * sgt + cols[None, :] * sgi, mask=m, other=0.0).to(tl.float32)  # noqa: E501
-        y = tl.load(y_ptr + pid_o * syo + t[:, None] * syt + cols[None, :] * syi, mask=m, other=0.0).to(tl.float32)  # noqa: E501
+        gout = tl.load(
+            gout_ptr + pid_o * sgo + t[:, None] * sgt + cols[None, :] * sgi, mask=m, other=0.0
+        ).to(tl.float32)
+        y = tl.load(
+            y_ptr + pid_o * syo + t[:, None] * syt + cols[None, :] * syi, mask=m, other=0.0
+        ).to(tl.float32)
         sum_g += tl.sum(gout, axis=0)
         sum_gy += tl.sum(gout * y, axis=0)
         dy = gout * gain[None, :]
-        tl.store(dy_ptr + pid_o * T * inner + t[:, None] * inner + cols[None, :], dy.to(dy_ptr.dtype.element_ty), mask=m)  # noqa: E501
+        tl.store(
+            dy_ptr + pid_o * T * inner + t[:, None] * inner + cols[None, :],
+            dy.to(dy_ptr.dtype.element_ty),
+            mask=m,
+        )
     tl.store(dgain_ptr + pid_o * inner + cols, sum_gy, mask=cmask)
     tl.store(doffset_ptr + pid_o * inner + cols, sum_g, mask=cmask)

@@ -9,6 +9,7 @@ and returns its vector-Jacobian product instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -77,12 +78,12 @@ def _(x: Tensor, gamma: Tensor | None, beta: Tensor | None, *args: Any) -> tuple
 @torch.library.custom_op(
     "revin_fn::triton_normalize_backward",
     mutates_args=(),
-    schema="(Tensor x, Tensor gy, Tensor loc, Tensor var, Tensor? gamma, Tensor? beta, "
+    schema="(Tensor x, Tensor gy, Tensor var, Tensor? gamma, Tensor? beta, "
     "Tensor? gloc, Tensor? gvar, Tensor? ggain, Tensor? goffset, int vdiv, bool variate_outer, "
     "float eps, int eps_mode, bool detach) -> (Tensor, Tensor, Tensor)",
 )
 def normalize_backward(
-    x: Tensor, gy: Tensor, loc: Tensor, var: Tensor, gamma: Tensor | None, beta: Tensor | None,
+    x: Tensor, gy: Tensor, var: Tensor, gamma: Tensor | None, beta: Tensor | None,
     gloc: Tensor | None, gvar: Tensor | None, ggain: Tensor | None, goffset: Tensor | None,
     vdiv: int, variate_outer: bool, eps: float, eps_mode: int, detach: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
@@ -91,11 +92,12 @@ def normalize_backward(
     dx = torch.empty((outer, length, inner), dtype=x.dtype, device=x.device)
     pgamma, pbeta = (x.new_empty((outer, 1, inner), dtype=STATS) for _ in range(2))
     grid, block_t, block_i, warps, single = _launch_shape(x)
-    stats = [loc.contiguous(), var.contiguous()]
-    size, g, b = _affine_params(gamma, beta, stats[0])
-    grads = [t.to(STATS).contiguous() if t is not None else loc for t in (gloc, gvar, ggain, goffset)]  # fmt: skip
+    var = var.contiguous()
+    size, g, b = _affine_params(gamma, beta, var)
+    grads = [var if t is None else t.to(STATS).contiguous() for t in (gloc, gvar, ggain, goffset)]
     kernels.normalize_backward_kernel[grid](
-        x, gy, *stats, g, b, *grads, dx, pgamma, pbeta, length, inner, *x.stride(), *gy.stride(), size, vdiv, eps,
+        x, gy, var, g, b, *grads, dx, pgamma, pbeta, length, inner, *x.stride(), *gy.stride(),
+        size, vdiv, eps,
         VARIATE_OUTER=variate_outer, HAS_GAMMA=gamma is not None, HAS_BETA=beta is not None,
         HAS_GLOC=gloc is not None, HAS_GVAR=gvar is not None, HAS_GGAIN=ggain is not None,
         HAS_GOFFSET=goffset is not None, EPS_MODE=eps_mode, DETACH=detach, BLOCK_T=block_t,
@@ -108,7 +110,8 @@ def normalize_backward(
 def _(x: Tensor, *args: Any) -> tuple[Tensor, Tensor, Tensor]:
     outer, length, inner = x.shape
     dx = x.new_empty((outer, length, inner))
-    return dx, x.new_empty((outer, 1, inner), dtype=STATS), x.new_empty((outer, 1, inner), dtype=STATS)  # fmt: skip
+    stat = (outer, 1, inner)
+    return dx, x.new_empty(stat, dtype=STATS), x.new_empty(stat, dtype=STATS)
 
 
 def _per_variate(partial: Tensor, size: int, vdiv: int, variate_outer: bool) -> Tensor:
@@ -154,31 +157,39 @@ def differentiable_normalize(
 
 def _normalize_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     x, gamma, beta, *params = inputs
-    ctx.save_for_backward(x, gamma, beta, output[1], output[2])
+    ctx.save_for_backward(x, gamma, beta, output[2])
     ctx.params = params
 
 
 def _normalize_vjp(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-    x, gamma, beta, loc, var = ctx.saved_tensors
+    x, gamma, beta, var = ctx.saved_tensors
     vdiv, variate_outer, eps, eps_mode, detach = ctx.params
     nones = (None,) * 5
     if torch.is_grad_enabled():  # create_graph=True: differentiable torch ops
         inputs = [t for t in (x, gamma, beta) if t is not None and t.requires_grad]
         outputs = differentiable_normalize(x, gamma, beta, *ctx.params)
-        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
-        found = iter(
-            torch.autograd.grad(
-                [o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
-                allow_unused=True,
-            )  # fmt: skip
-            if inputs and pairs else [None] * len(inputs)
-        )  # fmt: skip
-        return tuple(
-            next(found) if t is not None and t.requires_grad else None for t in (x, gamma, beta)
-        ) + nones
+        pairs = [
+            (o, g) for o, g in zip(outputs, grads, strict=True) if g is not None and o.requires_grad
+        ]
+        found: Iterator[Tensor | None] = iter([None] * len(inputs))
+        if inputs and pairs:
+            found = iter(
+                torch.autograd.grad(
+                    [o for o, _ in pairs],
+                    inputs,
+                    [g for _, g in pairs],
+                    create_graph=True,
+                    allow_unused=True,
+                )
+            )
+        wanted = (x, gamma, beta)
+        return (
+            *(next(found) if t is not None and t.requires_grad else None for t in wanted),
+            *nones,
+        )
     gy = grads[0] if grads[0] is not None else torch.zeros_like(x)
     dx, pgamma, pbeta = normalize_backward(
-        x, gy, loc, var, gamma, beta, *grads[1:], vdiv, variate_outer, eps, eps_mode, detach
+        x, gy, var, gamma, beta, *grads[1:], vdiv, variate_outer, eps, eps_mode, detach
     )
     dgamma = dbeta = None
     if gamma is not None:  # the guard passes the gradient only where it does not clamp
@@ -240,8 +251,8 @@ def scale_shift_backward(gout: Tensor, y: Tensor, gain: Tensor) -> tuple[Tensor,
 @scale_shift_backward.register_fake
 def _(gout: Tensor, y: Tensor, gain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     outer, _, inner = y.shape
-    sums = (y.new_empty((outer, 1, inner), dtype=STATS) for _ in range(2))
-    return (y.new_empty(y.shape), *sums)
+    stat = (outer, 1, inner)
+    return y.new_empty(y.shape), y.new_empty(stat, dtype=STATS), y.new_empty(stat, dtype=STATS)
 
 
 def _scale_shift_setup(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:

@@ -62,7 +62,8 @@ class TritonBackend(Backend):
         time, shape = layout.time, x.shape
         outer, inner = math.prod(shape[:time]), math.prod(shape[time + 1 :])
         variate = layout.variate
-        vdiv = 1 if variate is None else math.prod(shape[variate + 1 : time if variate < time else None])  # fmt: skip
+        end = time if variate is not None and variate < time else None
+        vdiv = 1 if variate is None else math.prod(shape[variate + 1 : end])
         y, loc, var, gain, offset = _triton_ops.normalize(
             x.reshape(outer, shape[time], inner), gamma, beta, vdiv,
             variate is not None and variate < time, options.eps,
@@ -103,7 +104,7 @@ class TritonBackend(Backend):
         else:  # factors of y's own shape (elementwise)
             view = factors = (1, 1, y.numel())
         note(self.name, "fused")
-        out = _triton_ops.scale_shift(
+        out: Tensor = _triton_ops.scale_shift(
             y.reshape(view), gain.reshape(factors), offset.reshape(factors)
         )
         return out.view(shape)
