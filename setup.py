@@ -20,6 +20,7 @@ setup(
     install_requires=["torch>=2.1", "einops>=0.7"],
     extras_require={
         "demo": ["matplotlib>=3.7"],
+        "triton": ["triton>=3.0"],
         "dev": [
             "pytest>=8",
             "hypothesis>=6.100",

@@ -75,7 +75,7 @@ def _triton_backend() -> Backend | None:
         from .triton import TritonBackend
     except ImportError:  # triton is an optional extra
         return None
-    return TritonBackend()  # type: ignore[no-any-return]
+    return TritonBackend()
 
 
 _REGISTRY: dict[str, Backend] = {}
