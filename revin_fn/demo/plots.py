@@ -1,4 +1,9 @@
-"""The demo's figure (matplotlib is optional: imported only when a plot is asked for)."""
+"""The demo's figure, drawn on a ``matplotlib.figure.Figure`` (no pyplot, no global backend).
+
+matplotlib is optional (the ``demo`` extra) and imported only when a plot is asked for; the
+figure is rendered by its own Agg canvas, so a notebook's or an application's backend is left
+as it is.
+"""
 
 from __future__ import annotations
 
@@ -7,57 +12,80 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from . import RevINError
-from .demo import Data, Windows, predict, window_statistics
+from . import DemoError
+from .forecast import Data, Windows, predict
+from .statistics import window_statistics
 
 
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` with a file backend, or a one-line error naming the extra."""
+def _matplotlib() -> tuple[Any, Any]:
+    """``(Figure, FigureCanvasAgg)``, or a one-line error naming the extra."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
-        raise RevINError(
+        raise DemoError(
             "plotting needs matplotlib: pip install matplotlib (or the revin-fn[demo] extra)"
         ) from None
-    return plt
+    return Figure, FigureCanvasAgg
+
+
+def supported_formats() -> list[str]:
+    """File types the figure can be written as (``png``, ``pdf``, ``svg``, ...)."""
+    figure, canvas = _matplotlib()
+    return sorted(canvas(figure()).get_supported_filetypes())
+
+
+def check_target(path: str | Path) -> Path:
+    """``path`` as a Path, or a one-line error when its type or its folder will not do.
+
+    Called before training, so a bad ``--plot`` fails in a second, not after the models ran.
+    """
+    path = Path(path)
+    formats = supported_formats()
+    kind = path.suffix[1:].lower()
+    if kind not in formats:
+        raise DemoError(
+            f"cannot write the plot to {path}: file type {path.suffix or '(none)'!r} is not "
+            f"supported (use one of: {', '.join('.' + f for f in formats)})"
+        )
+    if not path.parent.is_dir():
+        raise DemoError(f"cannot write the plot: folder {path.parent} does not exist")
+    return path
 
 
 def forecast_figure(
     data: Data, models: Mapping[str, nn.Module], target: int, window: int | None = None
 ) -> Any:
     """Two panels: one test forecast vs truth (data units) and per-window mean/std over time."""
-    plt = pyplot()
+    figure_type, _ = _matplotlib()
+    figure = figure_type(figsize=(11, 7), layout="constrained")
+    top, bottom = figure.subplots(2, 1)
     column = data.table.columns[target]
     test = data.test
     index = len(test) // 2 if window is None else window
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), constrained_layout=True)
-
-    x, y = test.batch(_one(index))
+    x, y = test.batch(torch.tensor([index]))
     past = range(-data.lookback, 0)
-    future = range(data.horizon)
+    future = range(1, data.horizon + 1)
     top.plot(past, x[0, :, target], color="0.4", lw=1, label="look-back")
     top.plot(future, y[0, :, target], color="black", lw=1.5, label="truth")
     for (name, model), color in zip(models.items(), ("tab:red", "tab:blue"), strict=False):
-        forecast = predict(model, _slice(test, index))[0]
+        forecast = predict(model, _one(test, index))[0]
         top.plot(future, forecast[0, :, target], color=color, lw=1.5, label=name)
-    top.axvline(0, color="0.7", ls="--", lw=1)
+    top.axvline(0.5, color="0.7", ls="--", lw=1)
     first_row = test.start + index + data.lookback
     top.set_title(
-        f"{data.table.name} {column}: test window starting {data.table.dates[first_row]} "
-        f"(look-back {data.lookback}, horizon {data.horizon}), data units"
+        f"{data.table.name} {column}: test forecast from {data.table.dates[first_row]} "
+        f"(look-back {data.lookback}, horizon {data.horizon})"
     )
-    top.set_xlabel("step relative to forecast start")
-    top.set_ylabel(column)
+    top.set_xlabel("step relative to the forecast origin (rows)")
+    top.set_ylabel(f"{column} (data units)")
     top.legend(loc="upper left", fontsize=8)
 
     for name, color in (("train", "tab:green"), ("val", "tab:orange"), ("test", "tab:purple")):
         part: Windows = getattr(data, name)
-        stats = window_statistics(part)
+        stats = window_statistics(part, data.mask)
         rows = part.first_rows() + data.lookback  # window end (the forecast origin)
         mean = stats.mean[:, 0, target]
         std = stats.variance[:, 0, target].sqrt()
@@ -65,35 +93,23 @@ def forecast_figure(
         bottom.fill_between(rows, mean - std, mean + std, color=color, alpha=0.2)
     bottom.set_title(f"per-window statistics of {column} (mean ± std of each look-back window)")
     bottom.set_xlabel("row of the forecast origin")
-    bottom.set_ylabel(column)
+    bottom.set_ylabel(f"{column} (data units)")
     bottom.legend(loc="upper right", fontsize=8)
     return figure
 
 
-def check_target(path: str | Path) -> Path:
-    """``path`` as a Path, or a one-line error when its folder does not exist."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise RevINError(f"cannot write the plot: folder {path.parent} does not exist")
-    return path
-
-
 def save_figure(figure: Any, path: str | Path) -> None:
-    """Write ``figure`` to ``path`` (one-line error when the folder does not exist)."""
-    figure.savefig(check_target(path), dpi=110)
-    pyplot().close(figure)
+    """Write ``figure`` to ``path`` through its own Agg canvas (one-line error on failure)."""
+    path = check_target(path)
+    _, canvas = _matplotlib()
+    canvas(figure)
+    try:
+        figure.savefig(path, dpi=110)
+    except OSError as error:
+        raise DemoError(f"cannot write the plot to {path}: {error.strerror or error}") from None
 
 
-def _one(index: int) -> Tensor:
-    return torch.tensor([index])
-
-
-def _slice(windows: Windows, index: int) -> Windows:
+def _one(windows: Windows, index: int) -> Windows:
     start = windows.start + index
-    return Windows(
-        windows.series,
-        start,
-        start + windows.lookback + windows.horizon,
-        windows.lookback,
-        windows.horizon,
-    )
+    end = start + windows.lookback + windows.horizon
+    return Windows(windows.series, start, end, windows.lookback, windows.horizon)
