@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from revin_fn.demo import TrainConfig, build, evaluate, prepare, train
-from revin_fn.ett import load_bundled
+from revin_fn.demo.forecast import TrainConfig, build, evaluate, prepare, train
+from revin_fn.demo.tables import load_bundled
 
 
 @pytest.mark.slow

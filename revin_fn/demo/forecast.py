@@ -4,6 +4,9 @@
 through a ``log`` callback). The setup follows RLinear (Li et al., 2023): one ``nn.Linear``
 from look-back to horizon shared across variates, dropout 0.1 on its input, Adam with the
 learning rate halved every epoch, MSE in standardized units, the best validation epoch kept.
+
+The dataset-level scaler is ``revin_fn.Normalization`` fitted on the train rows; data with
+gaps (NaN) goes through the library's ``mask="nan"`` and is left out of every loss and score.
 """
 
 from __future__ import annotations
@@ -12,17 +15,18 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import RevINError
-from ._options import DEFAULT_EPS
-from .ett import Scaler, Table, split_borders
-from .functional import Statistics, revin
-from .module import RevIN
+from revin_fn import Normalization, RevIN
+
+from . import DemoError
+from .tables import Table, split_borders
+
+Gaps = Literal["nan"] | None  # the mask handed to revin_fn: NaN marks a missing value
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,21 @@ class Windows:
 
 @dataclass(frozen=True)
 class Data:
-    """A table cut into train/val/test windows with the scaler fitted on the train rows."""
+    """A table cut into train/val/test windows with the scaler fitted on the train rows.
+
+    ``scaler(x)`` returns ``(standardized x, reverse_fn)`` (a ``revin_fn.Normalization``).
+    """
 
     table: Table
     train: Windows
     val: Windows
     test: Windows
-    scaler: Scaler
+    scaler: Normalization
+
+    @property
+    def mask(self) -> Gaps:
+        """``"nan"`` when the table has gaps (passed to revin_fn), else ``None``."""
+        return "nan" if self.table.missing else None
 
     @property
     def lookback(self) -> int:
@@ -75,7 +87,7 @@ class Data:
 def prepare(table: Table, lookback: int, horizon: int) -> Data:
     """Cut ``table`` as the standard split does: val and test windows start ``lookback`` early."""
     if lookback < 1 or horizon < 1:
-        raise RevINError(f"lookback and horizon must be >= 1, got {lookback} and {horizon}")
+        raise DemoError(f"lookback and horizon must be >= 1, got {lookback} and {horizon}")
     train_end, val_end, test_end = split_borders(table)
     series = table.values
     parts = {
@@ -85,12 +97,15 @@ def prepare(table: Table, lookback: int, horizon: int) -> Data:
     }
     for name, windows in parts.items():
         if len(windows) < 1:
-            raise RevINError(
+            raise DemoError(
                 f"look-back {lookback} + horizon {horizon} = {lookback + horizon} rows do not "
                 f"fit in the {name} part of {table.name} (rows {windows.start} to "
-                f"{windows.end} of {len(table.dates)}); use a shorter --lookback/--horizon"
+                f"{windows.end} of {len(table)}); use a shorter --lookback/--horizon"
             )
-    return Data(table, parts["train"], parts["val"], parts["test"], Scaler.fit(series[:train_end]))
+    mask: Gaps = "nan" if table.missing else None
+    scaler = Normalization(series.shape[1], pattern="b t v")
+    scaler.adapt(series[None, :train_end], mask=mask)
+    return Data(table, parts["train"], parts["val"], parts["test"], scaler)
 
 
 class Forecaster(nn.Module):
@@ -98,13 +113,12 @@ class Forecaster(nn.Module):
 
     ``normalize=True`` is RLinear: each window goes through ``RevIN`` (revin_fn, learnable
     gamma/beta), the linear map, and its own ``reverse_fn``. ``normalize=False`` is the same
-    linear map on data standardized by the train-fitted scaler (the usual baseline).
+    linear map on data standardized by the train-fitted scaler (the usual baseline), mapped
+    back by the scaler's ``reverse_fn``. Missing inputs (NaN) are left out of the statistics
+    (``mask="nan"``) and enter the linear map as 0, the window's (or the train) mean.
 
     Shape: ``(batch, lookback, variates) -> (batch, horizon, variates)``.
     """
-
-    center: Tensor  # buffers: the train scaler, used by the baseline only
-    scale: Tensor
 
     def __init__(
         self,
@@ -115,8 +129,8 @@ class Forecaster(nn.Module):
     ) -> None:
         super().__init__()
         variates = data.table.values.shape[1]
-        self.register_buffer("center", data.scaler.mean.clone())
-        self.register_buffer("scale", data.scaler.std.clone())
+        self.mask = data.mask
+        self.scaler = copy.deepcopy(data.scaler)  # its buffers travel in the state_dict
         self.norm = RevIN(variates, pattern="b t v", **(revin_kwargs or {})) if normalize else None
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(data.lookback, data.horizon)
@@ -127,8 +141,11 @@ class Forecaster(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.norm is None:
-            return self.project((x - self.center) / self.scale) * self.scale + self.center
-        y, reverse_fn = self.norm(x)
+            y, reverse_fn = self.scaler(x)
+        else:
+            y, reverse_fn = self.norm(x, mask=self.mask)
+        if self.mask is not None:
+            y = y.nan_to_num(0.0)  # masked slots come back as given (NaN)
         forecast: Tensor = reverse_fn(self.project(y))
         return forecast
 
@@ -190,7 +207,7 @@ def train(
         total, batches = 0.0, 0
         for first in range(0, max(size - config.batch_size + 1, 1), config.batch_size):
             x, y = data.train.batch(order[first : first + config.batch_size])
-            loss = F.mse_loss(data.scaler.transform(model(x)), data.scaler.transform(y))
+            loss = mse(data.scaler(model(x))[0], data.scaler(y)[0])
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
@@ -226,7 +243,7 @@ def predict(model: nn.Module, windows: Windows, batch_size: int = 1024) -> tuple
 def evaluate(
     model: nn.Module,
     windows: Windows,
-    scaler: Scaler,
+    scaler: Normalization,
     target: int = -1,
     reference_batch: int | None = None,
 ) -> Scores:
@@ -239,37 +256,33 @@ def evaluate(
     if reference_batch is not None:
         keep = len(windows) // reference_batch * reference_batch
         forecast, truth = forecast[:keep], truth[:keep]
-    error = scaler.transform(forecast) - scaler.transform(truth)
+    error = scaler(forecast)[0] - scaler(truth)[0]
     error_data = forecast[..., target] - truth[..., target]
     return Scores(
-        error.square().mean().item(),
-        error.abs().mean().item(),
-        error_data.square().mean().item(),
-        error_data.abs().mean().item(),
+        _mean(error.square()),
+        _mean(error.abs()),
+        _mean(error_data.square()),
+        _mean(error_data.abs()),
     )
 
 
-def window_statistics(windows: Windows) -> Statistics:
-    """The per-window ``Statistics`` revin_fn computes for every look-back input (data units)."""
-    return revin(windows.inputs(), pattern="b t v", return_statistics=True)[2]
+def squared_errors(model: nn.Module, windows: Windows, scaler: Normalization) -> Tensor:
+    """Squared test errors in standardized units, ``(N, horizon, V)`` (NaN where no truth).
+
+    ``.nanmean((1, 2))`` is the MSE of each window, ``.nanmean((0, 2))`` that of each step.
+    """
+    forecast, truth = predict(model, windows)
+    error: Tensor = scaler(forecast)[0] - scaler(truth)[0]
+    return error.square()
 
 
-def round_trip_error(windows: Windows) -> tuple[float, float]:
-    """Max |reverse_fn(revin(x)) - x| over all inputs: in data units, and in units of each
-    window's own std (the scale revin_fn divided by)."""
-    x = windows.inputs()
-    y, reverse_fn, stats = revin(x, pattern="b t v", return_statistics=True)
-    error = (reverse_fn(y) - x).abs()
-    scaled = error / stats.variance.clamp_min(DEFAULT_EPS).sqrt()
-    return error.max().item(), scaled.max().item()
+def mse(prediction: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over the observed (non-NaN) slots of ``target``."""
+    if not bool(target.isnan().any()):
+        return F.mse_loss(prediction, target)
+    observed = ~target.isnan()
+    return F.mse_loss(prediction[observed], target[observed])
 
 
-def statistics_summary(data: Data, target: int) -> list[tuple[str, int, float, float, float]]:
-    """Per split: (name, windows, mean and std of the window means, median window std)."""
-    rows = []
-    for name in ("train", "val", "test"):
-        stats = window_statistics(getattr(data, name))
-        mean = stats.mean[:, 0, target]
-        std = stats.variance[:, 0, target].sqrt()
-        rows.append((name, len(mean), mean.mean().item(), mean.std().item(), std.median().item()))
-    return rows
+def _mean(values: Tensor) -> float:
+    return values.nanmean().item()
