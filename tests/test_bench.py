@@ -26,7 +26,8 @@ def test_quick_benchmark_runs_and_matches_the_reference_formulas(
     bench = load_bench()
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--json", str(out)])
-    assert "| case | op | revin_fn ms" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| case | op | revin_fn ms" in printed and "training step" in printed
     result = json.loads(out.read_text())
     layouts = {(tuple(row["shape"]), row["layout"], row["dtype"]) for row in result["rows"]}
     assert {layout for _, layout, _ in layouts} == {"b v t", "b t v"}
@@ -37,5 +38,14 @@ def test_quick_benchmark_runs_and_matches_the_reference_formulas(
         # no timing assertions: numbers on shared CI machines are noise
         tolerance = 1e-5 if row["dtype"] == "float32" else 5e-2
         assert all(value <= tolerance for value in row["match"].values()), row["match"]
+        assert row["host_reads"] == {"forward": 1, "reverse": 0, "backward": 0}
         if row["dtype"] == "float32":  # x and the reverse's input, plus statistics that
             assert row["saved_inputs"]["revin_fn"] <= 3.0  # weigh a little at tiny shapes
+
+    labels = {label for label, *_ in bench.VARIANTS}
+    assert {(tuple(row["shape"]), row["layout"]) for row in result["steps"]} == {
+        (shape, layout) for shape in bench.QUICK_STEP_SHAPES for layout in bench.LAYOUTS
+    }
+    for row in result["steps"]:
+        assert set(row["ms"]["eager"]) == labels and all(v > 0 for v in row["ms"]["eager"].values())
+        assert set(row["cost_ratio"]) == {f"{a} / {b}" for a, b in bench.TARGETS}

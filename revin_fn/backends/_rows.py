@@ -6,27 +6,32 @@ yields each row's mean and ``1 / std``. Two things can make that pass inexact, a
 read of a combined check settles both:
 
 - the kernel writes ``x * a + c``, which rounds at the size of the offset ``|mean| / scale``
-  (times ``max(|gamma'|, 1)``); above ``OFFSET_LIMIT`` (or for non-finite values) every row is
-  normalized once more after subtracting its first-pass mean;
+  (times ``max(|gamma'|, 1)``); above ``OFFSET_LIMIT`` every row is normalized once more after
+  subtracting its first-pass mean;
 - ``eps_mode="clamp"``: the kernel adds a negligible floor instead of clamping, so rows whose
   variance is below ``eps`` are rescaled from the pass's exact statistics,
   ``y = beta + (y - beta) * kernel_scale / scale`` (one element-wise pass, no recomputation).
 
-Neither remedy reads a value again, so a forward reads the host once; the backward reads none.
+Neither remedy reads a value again. The whole route, gamma's guard and the Frame's gain and
+offset included, is one autograd node (``_Rows``) with a fused backward that reads no value;
+recorded for double backward, that backward is the vector-Jacobian product of the reference
+formula.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
-from ._group_norm import needs_grad, norm
+from ._group_norm import group_norm, needs_grad
 
 # Largest |mean| / scale * max(|gamma'|, 1) normalized in a single pass: the fused output
 # x * a + c rounds at the size of the offset, about 6e-6 against float64 at 30 and 2e-5 at 100
@@ -34,6 +39,16 @@ from ._group_norm import needs_grad, norm
 OFFSET_LIMIT = 32.0
 SHIFTED = 2  # bits of the one value read per forward
 CLAMPED = 1
+
+
+class Rows(NamedTuple):
+    """Per-row results, in the kernel's ``(batch, channels)`` shape."""
+
+    loc: Tensor
+    scale: Tensor
+    gain: Tensor
+    offset: Tensor
+    variance: Tensor
 
 
 def kernel_floor(values: Tensor, options: Options) -> float:
@@ -45,12 +60,16 @@ def kernel_floor(values: Tensor, options: Options) -> float:
 
 
 def check_code(offset: Tensor, clamped: Tensor | None) -> int:
-    """The one host read of a forward: ``SHIFTED`` if some ``offset`` is above
-    ``OFFSET_LIMIT`` or not finite, plus ``CLAMPED`` if some row needs the eps clamp."""
-    code = torch.where(offset.amax() <= OFFSET_LIMIT, 0, SHIFTED)
-    if clamped is not None:
-        code = code + clamped.any()
-    return int(code)
+    """The one host read of a forward: ``SHIFTED`` if some ``offset`` (``|mean| / scale`` times
+    ``max(|gamma'|, 1)``) is above ``OFFSET_LIMIT``, plus ``CLAMPED`` if some ``clamped``.
+    A NaN offset asks for nothing: a non-finite instance is NaN on every route."""
+    flags = (offset.amax() > OFFSET_LIMIT) * SHIFTED
+    return int(flags if clamped is None else flags + clamped.any())
+
+
+def steps(code: int) -> str:
+    """The remedies a check code asked for, as a route suffix for ``backends.record``."""
+    return ("+shifted" if code & SHIFTED else "") + ("+clamped" if code & CLAMPED else "")
 
 
 def _weights(
@@ -85,78 +104,171 @@ def normalize_rows(
     dtype: torch.dtype,
 ) -> tuple[Tensor, Frame, str]:
     """The route over rows along the last axis of ``values`` (statistics dtype): the tensor in
-    ``layout``, or in ``layout`` with the time axis moved last. ``gamma`` is guarded; ``dtype``
-    is the caller's input dtype. Without ``statistics`` the Frame's variance is ``None``. Also
-    returns the extra steps taken (``steps``), for ``backends.record``."""
+    ``layout``, or in ``layout`` with the time axis moved last. ``gamma`` is not yet guarded;
+    ``dtype`` is the caller's input dtype. Also returns the remedies taken (``steps``)."""
     values = values.contiguous()  # the kernel reads any shape as (batch, channels, length)
     shape, time = values.shape, layout.time
     stats_shape = (*shape[:time], 1, *shape[time:-1])  # in layout, time kept with size 1
     weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
-    floor = kernel_floor(values, options)
-    gain_bound = None if weight is None else weight.detach().abs().amax().clamp(min=1)
-    clamp = options.eps_mode == "clamp"
-    root_eps = math.sqrt(options.eps)
+    grid = values.view(-1, channels, shape[-1])
+    if needs_grad(values, weight, bias):
+        y, *rows, code = _Rows.apply(grid, weight, bias, options)  # type: ignore[no-untyped-call]
+    else:
+        y, *rows, code, _ = _forward(grid, weight, bias, options)
+        del rows[1]  # the scale, kept by the backward only
+    loc, gain, offset, variance = (t.view(stats_shape) for t in rows)
+    frame = Frame(layout, loc, variance if statistics else None, gain, offset, dtype)
+    return y.view(shape), frame, steps(int(code))
 
-    def attempt(source: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        y, mean, rstd = norm(source, weight, bias, channels, floor, options.detach)
-        kernel_scale = rstd.reciprocal()  # sqrt(var + floor)
-        scale = kernel_scale.clamp(min=root_eps) if clamp else kernel_scale
-        return y, mean, kernel_scale, scale
 
-    y, mean, kernel_scale, scale = attempt(values)
-    with torch.no_grad():
-        offset = mean.abs() / scale
-        if gain_bound is not None:
-            offset = offset * gain_bound
-        code = check_code(offset, kernel_scale < root_eps if clamp else None)
-    loc, source = mean, values
+def _guard(gamma: Tensor | None, eps: float) -> tuple[Tensor | None, Tensor | None]:
+    """``(gamma', |gamma'|)``: ``_reference.guard_gamma`` in three operations."""
+    if gamma is None:
+        return None, None
+    size = gamma.abs().clamp_(min=eps)  # gamma' keeps gamma's sign, sign(0) = +1
+    return torch.where(gamma < 0, -size, size), size
+
+
+def _forward(
+    grid: Tensor, gamma: Tensor | None, beta: Tensor | None, options: Options
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int, tuple[Tensor | None, Tensor]]:
+    """``(y, loc, scale, gain, offset, variance, code, (shift, center))`` of ``grid`` (batch,
+    channels, time): ``loc = shift + center``, ``shift`` the first-pass mean where the rows
+    were shifted (else ``None``, and ``center = loc``)."""
+    eps, clamp = options.eps, options.eps_mode == "clamp"
+    floor = kernel_floor(grid, options)
+    guarded, size = _guard(gamma, eps)
+    y, mean, rstd = group_norm(grid, guarded, beta, floor)
+    limit = eps**-0.5  # rstd above it: variance below eps
+    inverse = rstd.clamp(max=limit) if clamp else rstd
+    offset = torch.linalg.vector_norm(mean * inverse, math.inf)
+    if size is not None:
+        offset = offset * size.amax().clamp_(min=1)
+    code = check_code(offset, rstd.amax() > limit if clamp else None)
+    loc, shift = mean, None
     if code & SHIFTED:  # far from 0 for its spread: once more, each row shifted by its mean
-        shift = mean.detach()
+        shift = mean
         del y  # free the first output before the second is allocated
-        source = values - shift.reshape(*shape[:-1], 1)
-        y, mean, kernel_scale, scale = attempt(source)
+        y, mean, rstd = group_norm(grid - shift.unsqueeze(-1), guarded, beta, floor)
+        inverse = rstd.clamp(max=limit) if clamp else rstd
         loc = shift + mean
-    if code and needs_grad(values, weight, bias):
-        # recorded for autograd: the output from the pass's statistics in plain ops, so that
-        # second derivatives do not go through rstd * (1 / rstd) of near-constant rows
-        y = _from_statistics(source, mean, scale, weight, bias, channels)
-    elif code:  # rows below the eps floor: rescale from the exact statistics (1 elsewhere)
-        y = _rescale(y, kernel_scale / scale, bias, channels)
-    variance = None
-    if statistics:
-        variance = kernel_scale.square() - floor if clamp else kernel_scale.square() - options.eps
-    frame = _reference.make_frame(layout, loc, variance, scale, weight, bias, dtype)
-    return y, frame.viewed(stats_shape), steps(code)
+    scale = inverse.reciprocal()
+    if code and clamp:  # rows below the eps floor: rescale from the exact statistics
+        ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row
+        y = y * ratio if beta is None else torch.addcmul(beta.view(-1, 1) * (1 - ratio), y, ratio)
+    variance = rstd.square().reciprocal_().sub_(floor)
+    gain = scale if guarded is None else scale / guarded
+    offset = loc if beta is None else torch.addcmul(loc, beta, gain, value=-1)
+    return y, loc, scale, gain, offset, variance, code, (shift, mean)
 
 
-def steps(code: int) -> str:
-    """The remedies a check code asked for, as a route suffix."""
-    return ("+shifted" if code & SHIFTED else "") + ("+clamped" if code & CLAMPED else "")
+def _backward(
+    grid: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    saved: tuple[Tensor, Tensor, Tensor | None, Tensor],
+    options: Options,
+    grads: tuple[Tensor | None, ...],
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients for ``grid``, gamma and beta from those of ``y``, ``loc``, ``gain``,
+    ``offset`` and ``variance``.
+
+    With ``y = (x - loc) * k + beta``, ``k = gamma' / scale``, ``gain = scale / gamma'`` and
+    ``offset = loc - beta * gain``, every output's gradient becomes per-row gradients of
+    ``loc``, ``scale``, ``gamma'`` and ``beta``; ``x`` gets ``k * dy`` plus the mean's and the
+    variance's terms (none with ``detach``). Two reductions and two element-wise passes.
+    """
+    scale, variance, shift, center = saved
+    g_y, g_loc, g_gain, g_offset, g_variance = grads[:5]
+    length, eps = grid.shape[-1], options.eps
+    guarded, _ = _guard(gamma, eps)
+    source = grid if shift is None else grid - shift.unsqueeze(-1)  # x - shift, accurately
+    factor = scale.reciprocal() if guarded is None else guarded / scale
+    zeros = torch.zeros_like(scale)
+    d_loc, d_scale, d_gamma, d_beta = zeros, zeros, zeros, zeros
+    if g_y is not None:
+        total = g_y.sum(-1)
+        moment = (g_y * source).sum(-1) - center * total  # sum over time of dy * (x - loc)
+        d_loc, d_scale = -factor * total, -factor / scale * moment
+        d_gamma, d_beta = moment / scale, total
+    d_gain = g_gain
+    if g_offset is not None:
+        d_loc = d_loc + g_offset
+        gain = scale if guarded is None else scale / guarded
+        d_beta = d_beta - g_offset * gain
+        if beta is not None:
+            d_gain = -g_offset * beta if d_gain is None else d_gain - g_offset * beta
+    if d_gain is not None:  # gain = scale / gamma'
+        if guarded is None:
+            d_scale = d_scale + d_gain
+        else:
+            d_scale = d_scale + d_gain / guarded
+            d_gamma = d_gamma - d_gain * scale / guarded.square()
+    grad_x = grad_gamma = grad_beta = None
+    if needs[0]:
+        grad_x = zeros.unsqueeze(-1).expand_as(grid) if g_y is None else g_y * factor.unsqueeze(-1)
+        if not options.detach:
+            d_loc = d_loc if g_loc is None else d_loc + g_loc
+            slope = 0.5 / scale  # d scale / d variance (0 where the eps clamp holds)
+            if options.eps_mode == "clamp":
+                slope = torch.where(variance >= eps, slope, 0)
+            d_variance = d_scale * slope
+            if g_variance is not None:
+                d_variance = d_variance + g_variance
+            rate = d_variance * (2 / length)  # variance = mean over time of (x - loc)^2
+            offset = (d_loc / length - rate * center).unsqueeze(-1)
+            grad_x = torch.addcmul(grad_x + offset, source, rate.unsqueeze(-1))
+    if needs[1] and gamma is not None:
+        grad_gamma = d_gamma.sum(0) * (gamma.abs() >= eps)  # the guard passes no gradient
+    if needs[2] and beta is not None:
+        grad_beta = d_beta.sum(0)
+    return grad_x, grad_gamma, grad_beta
 
 
-def _rescale(y: Tensor, ratio: Tensor, bias: Tensor | None, channels: int) -> Tensor:
-    """``bias + (y - bias) * ratio`` per row: ``y`` was divided by the kernel's scale where the
-    eps rule asks for a larger one (``ratio`` is 1 for every other row)."""
-    grid = y.view(-1, channels, y.shape[-1])
-    ratio = ratio.view(-1, channels, 1)
-    if bias is None:
-        return (grid * ratio).view_as(y)
-    return torch.addcmul(bias.view(1, channels, 1) * (1 - ratio), grid, ratio).view_as(y)
+def _by_ops(
+    grid: Tensor, gamma: Tensor | None, beta: Tensor | None, options: Options
+) -> tuple[Tensor, ...]:
+    """``_forward``'s outputs by the reference math in differentiable ops (double backward)."""
+    layout = Layout("b c t", 3, ("b", "c", "t"), 2, 1)
+    y, frame = _reference.normalize(grid, layout, gamma, beta, None, options)
+    rows = (frame.loc, frame.gain, frame.offset, frame.variance)
+    return (y, *(t.squeeze(-1) for t in rows))  # type: ignore[union-attr]
 
 
-def _from_statistics(
-    source: Tensor,
-    mean: Tensor,
-    scale: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    channels: int,
-) -> Tensor:
-    """``(source - mean) * weight / scale + bias`` per row, with the kernel's statistics."""
-    grid = source.view(-1, channels, source.shape[-1])
-    factor = scale.reciprocal() if weight is None else weight / scale
-    factor = factor.view(-1, channels, 1)
-    centered = grid - mean.view(-1, channels, 1)
-    if bias is None:
-        return (centered * factor).view_as(source)
-    return torch.addcmul(bias.view(1, channels, 1), centered, factor).view_as(source)
+class _Rows(torch.autograd.Function):
+    """The row route as one node: ``(y, loc, gain, offset, variance, code)``.
+
+    Saves ``grid``, gamma, beta and the per-row statistics (and the shift where taken).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, grid: Tensor, gamma: Tensor | None, beta: Tensor | None, options: Options
+    ) -> tuple[Tensor, ...]:
+        y, loc, scale, gain, offset, variance, code, (shift, center) = _forward(
+            grid, gamma, beta, options
+        )
+        ctx.save_for_backward(grid, gamma, beta, scale, variance, shift, center)  # type: ignore[arg-type]
+        ctx.options = options  # type: ignore[attr-defined]
+        ctx.set_materialize_grads(False)
+        if options.detach:
+            ctx.mark_non_differentiable(loc, variance)
+        return y, loc, gain, offset, variance, code  # type: ignore[return-value]
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        grid, gamma, beta, *saved = ctx.saved_tensors
+        options = ctx.options
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            wanted = [
+                t for t, n in zip((grid, gamma, beta), ctx.needs_input_grad[:3], strict=True) if n
+            ]
+            outputs = _by_ops(grid, gamma, beta, options)
+            pairs = [(o, g) for o, g in zip(outputs, grads[:5], strict=True) if g is not None]
+            found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                             create_graph=True, allow_unused=True,
+                                             materialize_grads=True))  # fmt: skip
+            return (*(next(found) if n else None for n in ctx.needs_input_grad[:3]), None)
+        return (*_backward(grid, gamma, beta, saved, options, grads, ctx.needs_input_grad[:3]),
+                None)  # fmt: skip

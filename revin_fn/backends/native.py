@@ -62,8 +62,6 @@ class NativeBackend(Backend):
             return _reference.normalize(x, layout, gamma, beta, observed, options)
         sdtype = stats_dtype(x.dtype)
         values = x if x.dtype == sdtype else x.to(sdtype)
-        if gamma is not None:
-            gamma = _reference.guard_gamma(gamma, options.eps)
         time = layout.time
         width = math.prod(x.shape[time + 1 :])
         if time == x.ndim - 1:
@@ -81,7 +79,7 @@ class NativeBackend(Backend):
             y = moved.movedim(-1, time).contiguous()
         else:
             route = "columns"
-            gamma_view, beta_view = _reference.affine_views(layout, gamma, beta, None)
+            gamma_view, beta_view = _reference.affine_views(layout, gamma, beta, options.eps)
             y, frame, steps = normalize_columns(
                 values, layout, gamma_view, beta_view, options, x.dtype
             )
