@@ -168,6 +168,7 @@ def _backward(
     beta: Tensor | None,
     saved: tuple[Tensor, Tensor, Tensor | None, Tensor],
     options: Options,
+    clamped: bool,
     grads: tuple[Tensor | None, ...],
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -177,21 +178,39 @@ def _backward(
     With ``y = (x - loc) * k + beta``, ``k = gamma' / scale``, ``gain = scale / gamma'`` and
     ``offset = loc - beta * gain``, every output's gradient becomes per-row gradients of
     ``loc``, ``scale``, ``gamma'`` and ``beta``; ``x`` gets ``k * dy`` plus the mean's and the
-    variance's terms (none with ``detach``). Two reductions and two element-wise passes.
+    variance's terms (none with ``detach``). The output's part is the kernel's fused backward
+    unless a row below the eps floor passes gradient to ``x``; then two reductions.
     """
     scale, variance, shift, center = saved
     g_y, g_loc, g_gain, g_offset, g_variance = grads[:5]
-    length, eps = grid.shape[-1], options.eps
+    length, eps, detach = grid.shape[-1], options.eps, options.detach
     guarded, _ = _guard(gamma, eps)
     source = grid if shift is None else grid - shift.unsqueeze(-1)  # x - shift, accurately
     factor = scale.reciprocal() if guarded is None else guarded / scale
     zeros = torch.zeros_like(scale)
     d_loc, d_scale, d_gamma, d_beta = zeros, zeros, zeros, zeros
-    if g_y is not None:
+    grad_x = grad_gamma = grad_beta = None
+    if g_y is not None and not (clamped and needs[0] and not detach):
+        # the output's part in one fused pass: the kernel's own backward, with 1 / scale as
+        # its rstd (exact for every row unless a clamped row passes gradient to x)
+        batch, channels, _ = grid.shape
+        mask = [
+            needs[0] and not detach,
+            needs[1] and gamma is not None,
+            needs[2] and beta is not None,
+        ]
+        grad_x, grad_gamma, grad_beta = torch.ops.aten.native_group_norm_backward(
+            g_y.contiguous(), source, center, scale.reciprocal(), guarded,
+            batch, channels, length, channels, mask,
+        )  # fmt: skip
+        if needs[0] and detach:
+            grad_x = g_y * factor.unsqueeze(-1)
+    elif g_y is not None:
         total = g_y.sum(-1)
         moment = (g_y * source).sum(-1) - center * total  # sum over time of dy * (x - loc)
         d_loc, d_scale = -factor * total, -factor / scale * moment
         d_gamma, d_beta = moment / scale, total
+        grad_x = g_y * factor.unsqueeze(-1) if needs[0] else None
     d_gain = g_gain
     if g_offset is not None:
         d_loc = d_loc + g_offset
@@ -205,24 +224,26 @@ def _backward(
         else:
             d_scale = d_scale + d_gain / guarded
             d_gamma = d_gamma - d_gain * scale / guarded.square()
-    grad_x = grad_gamma = grad_beta = None
-    if needs[0]:
-        grad_x = zeros.unsqueeze(-1).expand_as(grid) if g_y is None else g_y * factor.unsqueeze(-1)
-        if not options.detach:
-            d_loc = d_loc if g_loc is None else d_loc + g_loc
-            slope = 0.5 / scale  # d scale / d variance (0 where the eps clamp holds)
-            if options.eps_mode == "clamp":
-                slope = torch.where(variance >= eps, slope, 0)
-            d_variance = d_scale * slope
-            if g_variance is not None:
-                d_variance = d_variance + g_variance
-            rate = d_variance * (2 / length)  # variance = mean over time of (x - loc)^2
-            offset = (d_loc / length - rate * center).unsqueeze(-1)
-            grad_x = torch.addcmul(grad_x + offset, source, rate.unsqueeze(-1))
+    statistics_used = any(g is not None for g in (g_loc, g_gain, g_offset, g_variance))
+    if needs[0] and not detach and (statistics_used or grad_x is None or clamped):
+        d_loc = d_loc if g_loc is None else d_loc + g_loc
+        slope = 0.5 / scale  # d scale / d variance (0 where the eps clamp holds)
+        if options.eps_mode == "clamp":
+            slope = torch.where(variance >= eps, slope, 0)
+        d_variance = d_scale * slope
+        if g_variance is not None:
+            d_variance = d_variance + g_variance
+        rate = d_variance * (2 / length)  # variance = mean over time of (x - loc)^2
+        offset = (d_loc / length - rate * center).unsqueeze(-1)
+        base = offset.expand_as(grid) if grad_x is None else grad_x + offset
+        grad_x = torch.addcmul(base, source, rate.unsqueeze(-1))
+    elif needs[0] and grad_x is None:
+        grad_x = torch.zeros_like(grid)
     if needs[1] and gamma is not None:
-        grad_gamma = d_gamma.sum(0) * (gamma.abs() >= eps)  # the guard passes no gradient
+        total_gamma = d_gamma.sum(0) if grad_gamma is None else grad_gamma + d_gamma.sum(0)
+        grad_gamma = total_gamma * (gamma.abs() >= eps)  # the guard passes no gradient
     if needs[2] and beta is not None:
-        grad_beta = d_beta.sum(0)
+        grad_beta = d_beta.sum(0) if grad_beta is None else grad_beta + d_beta.sum(0)
     return grad_x, grad_gamma, grad_beta
 
 
@@ -250,7 +271,7 @@ class _Rows(torch.autograd.Function):
             grid, gamma, beta, options
         )
         ctx.save_for_backward(grid, gamma, beta, scale, variance, shift, center)  # type: ignore[arg-type]
-        ctx.options = options  # type: ignore[attr-defined]
+        ctx.options, ctx.clamped = options, bool(code & CLAMPED)  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
         if options.detach:
             ctx.mark_non_differentiable(loc, variance)
@@ -270,5 +291,7 @@ class _Rows(torch.autograd.Function):
                                              create_graph=True, allow_unused=True,
                                              materialize_grads=True))  # fmt: skip
             return (*(next(found) if n else None for n in ctx.needs_input_grad[:3]), None)
-        return (*_backward(grid, gamma, beta, saved, options, grads, ctx.needs_input_grad[:3]),
+        return (*_backward(
+                grid, gamma, beta, saved, options, ctx.clamped, grads, ctx.needs_input_grad[:3]
+            ),
                 None)  # fmt: skip
