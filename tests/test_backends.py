@@ -296,3 +296,16 @@ def test_automatic_choice_sends_what_the_native_backend_cannot_take_to_the_refer
     assert backends.current() is None
     with backends.use("reference"):
         assert backends.current() == "reference"
+
+
+def test_native_time_not_last_route_by_size_and_width() -> None:
+    def route(shape: tuple[int, int, int], grad: bool) -> str:
+        x = torch.randn(shape, requires_grad=grad)
+        with backends.record() as calls:
+            revin(x, pattern="b t v")
+        return calls[0][1]
+
+    assert route((32, 96, 7), grad=True) == "moved rows"  # small: copies cost less
+    assert route((32, 336, 7), grad=True) == "moved rows"  # narrow
+    assert route((32, 336, 16), grad=False) == "columns"
+    assert route((32, 336, 16), grad=True) == "columns"

@@ -2,8 +2,8 @@
 
 Layouts with time last go to the row route (``_rows``: one group-norm pass); layouts with time
 elsewhere (``"b t v"``) take the column route (``_columns``: passes in ``x``'s own layout) when
-the instances are many and wide enough, and otherwise the row route on a copy with time moved
-last. The reverse is one multiply-add, or an eval-mode ``batch_norm`` pass for large outputs.
+the tensor is large enough and its instances wide enough, and otherwise
+the row route on a copy with time moved last. The reverse is one multiply-add, or an eval-mode ``batch_norm`` pass for large outputs.
 Thresholds were measured on a 2-core CPU (``benchmarks/results-2core-cpu.json``,
 ``docs/design.md``).
 """
@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 # Below this many elements the reverse multiplies and adds: batch_norm's fixed cost dominates.
 SCALE_SHIFT_MIN = 1 << 19
 # The column route needs this many elements and this many instances side by side (the axes
-# after time): below either, a transposing copy and the row kernel cost less.
+# after time): below either, a transposing copy and the row kernel cost as much or less
+# (docs/design.md).
 COLUMNS_MIN = 1 << 16
-COLUMNS_MIN_WIDTH = 64
+COLUMNS_MIN_WIDTH = 16
 
 
 class NativeBackend(Backend):
