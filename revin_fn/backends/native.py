@@ -2,9 +2,9 @@
 
 Layouts with time last go to the row route (``_rows``: one group-norm pass); layouts with time
 elsewhere (``"b t v"``) take the column route (``_columns``: passes in ``x``'s own layout) when
-the tensor is large enough and its instances wide enough, and otherwise
-the row route on a copy with time moved last. The reverse is one multiply-add, or an eval-mode ``batch_norm`` pass for large outputs.
-Thresholds were measured on a 2-core CPU (``benchmarks/results-2core-cpu.json``,
+the tensor is large enough and its instances wide enough, and otherwise the row route on a copy
+with time moved last. The reverse is one multiply-add, or an eval-mode ``batch_norm`` pass for
+large outputs. Thresholds were measured on a 2-core CPU (``benchmarks/results-2core-cpu.json``,
 ``docs/design.md``).
 """
 
