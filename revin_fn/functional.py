@@ -39,8 +39,12 @@ class Statistics(NamedTuple):
             otherwise, 1 for an instance with nothing observed. The scale that divides is
             ``sqrt(max(variance, eps))`` (``eps_mode="clamp"``), ``sqrt(variance + eps)``
             (``"add"``) or ``sqrt(variance) + eps`` (``"add_std"``).
-        gamma: the affine weight as passed, or ``None``.
-        beta: the affine bias as passed, or ``None``.
+        gamma: the affine weight as passed (the same tensor, e.g. the module's Parameter, not
+            a copy), or ``None``.
+        beta: the affine bias as passed (the same tensor), or ``None``.
+
+    ``mean`` and ``variance`` are tensors of their own: no view of ``x`` and not shared with
+    the call's ``reverse_fn``, so writing into them changes neither.
     """
 
     mean: Tensor
