@@ -14,6 +14,8 @@ IQR_PER_STD = 1.349  # interquartile range of the standard normal distribution
 EMPTY_VARIANCE = 1.0  # variance given to an instance with no observed step (unit scale)
 # eps must be a normal float32 number: below it the eps floor is lost to rounding in float32
 MIN_EPS = float(torch.finfo(torch.float32).tiny)
+# the dtypes of data, outputs and affine weights (statistics: float32, or float64 for float64)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class Options(NamedTuple):

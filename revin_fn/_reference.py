@@ -136,8 +136,8 @@ def _first_observed(x: Tensor, observed: Tensor | None, dim: int) -> Tensor:
 
 def _last_observed(x: Tensor, observed: Tensor | None, dim: int) -> Tensor:
     length = x.shape[dim]
-    if observed is None:
-        return x.narrow(dim, length - 1, 1)
+    if observed is None:  # a copy: the statistics never hold a view of the input
+        return x.narrow(dim, length - 1, 1).clone()
     steps = torch.arange(1, length + 1, device=x.device).view(
         [-1 if d == dim else 1 for d in range(x.ndim)]
     )
@@ -179,33 +179,36 @@ def _std_moments(
     return shift + mean, variance, shifted - mean
 
 
-def _robust_moments(x: Tensor, observed: Tensor | None, dim: int) -> tuple[Tensor, Tensor]:
-    """Median and squared robust scale: IQR / 1.349, else mean absolute deviation, else 0.
+def _robust_moments(
+    x: Tensor, observed: Tensor | None, dim: int, detach: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Median, squared robust scale (IQR / 1.349, else mean absolute deviation, else 0) and
+    ``x - median``.
 
     Quantiles are taken after shifting each instance by its first observed value (detached),
     so they stay accurate far from 0; an instance with nothing observed is read as zeros, so
     no NaN reaches its statistics or the gradients.
     """
     shift = _first_observed(x, observed, dim).detach()
-    values = x - shift
+    shifted = x - shift
+    values = shifted
     if observed is not None:
         seen = observed.any(dim, keepdim=True)
         values = values.masked_fill(~observed & seen, float("nan")).masked_fill(~seen, 0)
     levels = torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device)
     quartiles = values.nanquantile(levels, dim=dim, keepdim=True)
-    lower, median, upper = quartiles.unbind(0)
+    lower, median, upper = (quartiles.detach() if detach else quartiles).unbind(0)
     iqr_scale = (upper - lower) / IQR_PER_STD
     mad = (values - median).abs().nanmean(dim, keepdim=True)
     scale = torch.where(iqr_scale > 0, iqr_scale, mad)
-    return shift + median, scale.square()
+    # centered from the shifted values: shift + median is rounded at the level of the data
+    return shift + median, scale.square(), shifted - median
 
 
 def _other_moments(
     x: Tensor, observed: Tensor | None, dim: int, options: Options
 ) -> tuple[Tensor, Tensor]:
-    """Location and squared scale for the methods that are not ``"std"``."""
-    if options.method == "robust":
-        return _robust_moments(x, observed, dim)
+    """Location and squared scale for ``"meanabs"`` and ``"minmax"``."""
     if options.method == "meanabs":
         count = _count(observed, x, dim, options.causal)
         safe_count = count.clamp(min=1) if isinstance(count, Tensor) else count
@@ -237,9 +240,13 @@ def moments(
     """
     if options.method == "std" and not options.subtract_last:
         loc, variance, centered = _std_moments(x, observed, dim, options)
+    elif options.method == "robust" and not options.subtract_last:
+        loc, variance, centered = _robust_moments(x, observed, dim, options.detach)
     else:
         if options.method == "std":
             loc, variance, _ = _std_moments(x, observed, dim, options)
+        elif options.method == "robust":
+            loc, variance, _ = _robust_moments(x, observed, dim, options.detach)
         else:
             loc, variance = _other_moments(x, observed, dim, options)
         if options.subtract_last:
@@ -277,6 +284,8 @@ def normalize(
         values = values.masked_fill(~observed, 0)
     loc, variance, centered = moments(values, observed, layout.time, options)
     scale = scale_from_variance(variance, options.eps, options.eps_mode)
+    # a variance past the float32 range: NaN rather than a silent y = 0 and an inf scale
+    scale = torch.where(scale.isinf(), float("nan"), scale)
     factor = scale.reciprocal() if gamma is None else gamma / scale
     y = centered * factor if beta is None else torch.addcmul(beta, centered, factor)
     if observed is not None:

@@ -2,178 +2,74 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from . import RevINError, RevINTypeError, backends
-from ._options import stats_dtype
+from . import RevINError, RevINTypeError, _reference, backends
+from ._options import SUPPORTED_DTYPES, stats_dtype
+from ._outputs import fit, output_layout
 from ._reference import Frame
+from ._selection import Variates, select
 
 if TYPE_CHECKING:
     from torch.distributions import Distribution
 
-Variates = Union[int, Sequence[int], Sequence[bool], slice, Tensor]  # noqa: UP007 (runtime alias)
+__all__ = ["ReverseFn", "Variates"]
 
 
 def _check_tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if value.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {value.layout}")
+    if value.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor, got dtype {value.dtype} (supported: "
+            "float16, bfloat16, float32, float64)"
+        )
     return value
 
 
-def _variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
-    """Turn a ``variates=`` selection into something that indexes an axis of length ``size``,
-    for an output holding ``count`` variates. Reads no tensor value on the host."""
-    if isinstance(variates, slice):
-        return variates
-    if isinstance(variates, Tensor):
-        return _tensor_index(variates, size, count)
-    if isinstance(variates, bool) or not isinstance(variates, int | Sequence | range):
-        if hasattr(variates, "__index__") and not isinstance(variates, bool):
-            variates = operator.index(variates)  # numpy integers
-        else:
-            raise TypeError(
-                "variates must be an int, a sequence of ints, a slice or a bool mask, "
-                f"got {type(variates).__name__} {variates!r}"
-            )
-    if isinstance(variates, int):
-        if not -size <= variates < size:
-            raise ValueError(f"variates={variates} is out of range for {size} variates")
-        return slice(variates % size, variates % size + 1)
-    items = list(variates)
-    if items and all(isinstance(item, bool) for item in items):
-        if len(items) != size:
-            raise ValueError(f"a bool variates mask needs {size} entries, got {len(items)}")
-        items = [i for i, keep in enumerate(items) if keep]
-    picked = []
-    for item in items:
-        if isinstance(item, bool) or not hasattr(item, "__index__"):
-            raise TypeError(
-                f"variates must hold ints (or only bools), got {type(item).__name__} {item!r} "
-                f"in {variates!r}"
-            )
-        index = operator.index(item)
-        if not -size <= index < size:
-            raise ValueError(f"variates={variates!r} is out of range for {size} variates")
-        picked.append(index % size)
-    return torch.tensor(picked, dtype=torch.long)
-
-
-def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:
-    """An index tensor from an int or bool tensor, checked without a host read: a bool mask
-    must have ``count`` True entries (checked asynchronously on accelerators); ints out of range
-    raise in ``index_select``."""
-    if variates.dtype == torch.bool:
-        if variates.shape != (size,):
-            raise ValueError(
-                f"a bool variates mask needs shape ({size},), got {tuple(variates.shape)}"
-            )
-        torch._assert_async(
-            variates.sum() == count,
-            f"reverse_fn(y_hat): the bool variates mask must hold {count} True entries, "
-            f"one per variate of y_hat",
-        )
-        # the positions of the True entries, in order, without nonzero(): True sorts first
-        return torch.argsort((~variates).to(torch.uint8), stable=True)[:count]
-    if variates.ndim != 1 or variates.is_floating_point() or variates.is_complex():
-        raise ValueError(
-            "variates must be an int, a sequence of ints, a slice or a bool mask, got a "
-            f"tensor of dtype {variates.dtype} and shape {tuple(variates.shape)}"
-        )
-    return torch.where(variates < 0, variates + size, variates)
-
-
-def _select(frame: Frame, variates: Variates | None, shape: Sequence[int]) -> Frame:
-    axis = frame.layout.variate
-    if variates is None:
-        return frame
-    if axis is None:
-        raise ValueError(
-            f'variates= needs a variate axis "v" in the pattern "{frame.layout.pattern}"'
-        )
-    count = shape[axis] if len(shape) == frame.layout.ndim else 0
-    index = _variate_index(variates, frame.loc.shape[axis], count)
-    where: list[slice | int] = [slice(None)] * frame.layout.ndim
-
-    def pick(value: Tensor) -> Tensor:
-        if value.shape[axis] == 1:
-            return value
-        if isinstance(index, Tensor):
-            try:
-                return value.index_select(axis, index.to(value.device))
-            except (IndexError, RuntimeError):
-                raise ValueError(
-                    f"variates= holds an index out of range for {value.shape[axis]} variates"
-                ) from None
-        where[axis] = index
-        return value[tuple(where)]
-
-    variance = None if frame.variance is None else pick(frame.variance)
-    return Frame(
-        frame.layout, pick(frame.loc), variance, pick(frame.gain), pick(frame.offset), frame.dtype
-    )
-
-
-def _fit(
-    frame: Frame, shape: Sequence[int], stepwise: bool | None, name: str = "y_hat"
+def _fitted(
+    frame: Frame,
+    value: Tensor,
+    shape: Sequence[int],
+    variates: Variates | None,
+    pattern: str | None,
+    stepwise: bool | None,
+    name: str,
 ) -> tuple[Tensor, Tensor]:
-    """``(gain, offset)`` for an output of ``shape``; raises if the shape does not match."""
-    layout = frame.layout
-    if len(shape) != layout.ndim:
-        raise ValueError(
-            f"{name} has shape {tuple(shape)} ({len(shape)} dimensions), expected "
-            f'{layout.ndim} dimensions for pattern "{layout.pattern}"'
-        )
-    time = layout.time
-    gain, offset = frame.gain, frame.offset
-    length = frame.loc.shape[time]
-    if length > 1:  # causal statistics, one per input step
-        if stepwise is None:
-            stepwise = shape[time] == length
-        if stepwise and shape[time] != length:
-            raise ValueError(
-                f"stepwise=True needs {name} with {length} steps like the input, "
-                f"got shape {tuple(shape)}"
-            )
-        if not stepwise:
-            gain, offset = gain.narrow(time, length - 1, 1), offset.narrow(time, length - 1, 1)
-    expected = list(frame.loc.shape)
-    expected[time] = shape[time]
-    if list(shape) != expected:
-        expected_text = (
-            "(" + ", ".join("T" if d == time else str(n) for d, n in enumerate(expected)) + ")"
-        )
-        raise ValueError(
-            f"{name} has shape {tuple(shape)}, expected {expected_text} (any T) to match the "
-            f'statistics of shape {tuple(frame.loc.shape)} with pattern "{layout.pattern}"; '
-            "pass variates= when y_hat holds only some variates"
-        )
-    return gain, offset
+    """``(gain, offset)`` of the selected variates, laid out for an output of ``shape`` named
+    by ``pattern``, after checking that it fits (on ``value``'s device)."""
+    _check_device(name, value, frame.loc)
+    out = output_layout(frame.layout, pattern, tuple(shape), name)
+    if variates is not None:
+        count = 0 if out.variate is None else shape[out.variate]
+        frame = select(frame, variates, count)
+    return fit(frame, out, shape, stepwise, name)
 
 
-def _undo(frame: Frame, y: Tensor, shift: bool, stepwise: bool | None) -> Tensor:
-    """``offset + y * gain`` (``y * |gain|`` without shift) after checking shapes."""
-    _check_tensor("y_hat", y)
-    _check_device("y_hat", y, frame.loc)
-    gain, offset = _fit(frame, y.shape, stepwise)
-    # data units come back at least in the input's dtype (autocast outputs are upcast)
-    dtype = torch.promote_types(frame.dtype, y.dtype)
-    if y.dtype != dtype:
-        y = y.to(dtype)
-    x = (y * gain.abs()) if not shift else backends.scale_shift(y, gain, offset)
-    return x if x.dtype == dtype else x.to(dtype)
+def _scale_shift(y: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
+    if y.numel() == 0:  # nothing to compute: no backend kernel sees an empty output
+        return _reference.scale_shift(y, gain, offset)
+    return backends.scale_shift(y, gain, offset)
 
 
 class ReverseFn:
     """Maps model outputs from normalized space back to data units for one ``revin`` call.
 
-    Holds the statistics of that call only; nothing is shared with other calls.
+    Holds the statistics of that call only, as tensors of its own (no view of the input, of
+    gamma or beta, or of another call's statistics).
+
+    Every method takes ``variates=`` (which variates the tensor holds: an int, a sequence of
+    ints, a slice or a bool mask; default all) and ``pattern=`` (einops-style names of the
+    tensor's axes: every axis of the ``revin`` call's pattern in any order, ``...`` as in that
+    pattern, plus new axes over which the statistics broadcast, e.g. ``"t b v d"`` for hidden
+    tokens or ``"s b v t"`` for samples; default: the call's pattern). Data units come back in
+    ``promote_types(x.dtype, y_hat.dtype)``.
     """
 
     __slots__ = ("_frame",)
@@ -186,15 +82,17 @@ class ReverseFn:
         y_hat: Tensor,
         variates: Variates | None = None,
         *,
+        pattern: str | None = None,
         shift: bool = True,
         stepwise: bool | None = None,
     ) -> Tensor:
         """Invert the normalization: ``x_hat = (y_hat - beta) / gamma' * scale + mean``.
 
         Args:
-            y_hat: tensor in the layout of the input; the time axis may have any length.
-            variates: which variates ``y_hat`` holds (int, list, slice or bool mask), for
-                outputs with fewer variates than the input. Default: all.
+            y_hat: tensor laid out as ``pattern``; the time axis may have any length.
+            variates: which variates ``y_hat`` holds, for outputs with fewer variates than
+                the input. Default: all.
+            pattern: the axes of ``y_hat`` (see the class). Default: the input's pattern.
             shift: ``False`` for scale-like outputs (a predicted std, an interval width):
                 returns ``y_hat * scale / |gamma'|``. Default: ``True``.
             stepwise: causal statistics only: ``True`` undoes step t with the statistics of
@@ -202,40 +100,85 @@ class ReverseFn:
                 exactly when ``y_hat`` has the input's length.
         """
         try:
-            shape = y_hat.shape if isinstance(y_hat, Tensor) else ()
-            return _undo(_select(self._frame, variates, shape), y_hat, shift, stepwise)
+            _check_tensor("y_hat", y_hat)
+            gain, offset = _fitted(
+                self._frame, y_hat, y_hat.shape, variates, pattern, stepwise, "y_hat"
+            )
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn(y_hat)", error) from None
+        # data units come back at least in the input's dtype (autocast outputs are upcast)
+        dtype = torch.promote_types(self._frame.dtype, y_hat.dtype)
+        y = y_hat if y_hat.dtype == dtype else y_hat.to(dtype)
+        x = (y * gain.abs()) if not shift else _scale_shift(y, gain, offset)
+        return x if x.dtype == dtype else x.to(dtype)
 
-    def distribution(self, dist: Distribution, variates: Variates | None = None) -> Distribution:
+    def normalize(
+        self,
+        t: Tensor,
+        variates: Variates | None = None,
+        *,
+        pattern: str | None = None,
+        stepwise: bool | None = None,
+    ) -> Tensor:
+        """Apply this call's statistics to another tensor: ``(t - offset) / gain``, the exact
+        inverse of ``reverse_fn`` (``reverse_fn(reverse_fn.normalize(t)) == t`` up to rounding).
+
+        For targets (a loss in normalized units), decoder or teacher-forcing inputs, future
+        covariates: any horizon, the same ``variates=``, ``pattern=`` and ``stepwise=`` as
+        ``__call__``. Every element is mapped (a masked slot is not passed through as ``revin``
+        does). Computed in the statistics dtype (or ``t``'s if wider), returned in
+        ``promote_types(x.dtype, t.dtype)``; gradients flow to ``t`` and to the statistics.
+        """
+        try:
+            _check_tensor("t", t)
+            gain, offset = _fitted(self._frame, t, t.shape, variates, pattern, stepwise, "t")
+        except (TypeError, ValueError) as error:
+            raise _error("reverse_fn.normalize(t)", error) from None
+        wide = torch.promote_types(gain.dtype, t.dtype)
+        values = t if t.dtype == wide else t.to(wide)
+        y = (values - offset) / gain
+        dtype = torch.promote_types(self._frame.dtype, t.dtype)
+        return y if y.dtype == dtype else y.to(dtype)
+
+    def distribution(
+        self, dist: Distribution, variates: Variates | None = None, *, pattern: str | None = None
+    ) -> Distribution:
         """Map a distribution predicted in normalized space to data units.
 
         Returns the law of ``x = offset + y * gain`` for ``y ~ dist`` (the same affine map as
         ``reverse_fn``), whose ``log_prob``, ``sample``, ``mean``, ``stddev``, ``variance``,
-        ``cdf`` and ``icdf`` are in data units. ``dist.batch_shape`` must have the layout of the
-        input (any time length); ``variates=`` as in ``__call__``.
+        ``cdf`` and ``icdf`` are in data units. ``dist.batch_shape`` is laid out as ``pattern``
+        (default: the input's; any time length); ``variates=`` as in ``__call__``.
         """
         from ._dist import AffineDistribution
 
         try:
-            frame = _select(self._frame, variates, dist.batch_shape)
-            gain, offset = _fit(frame, dist.batch_shape, None, "dist.batch_shape")
+            shape = dist.batch_shape
+            gain, offset = _fitted(
+                self._frame, self._frame.loc, shape, variates, pattern, None, "dist.batch_shape"
+            )
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.distribution(dist)", error) from None
         return AffineDistribution(dist, offset, gain)
 
-    def quantiles(self, q_hat: Tensor, variates: Variates | None = None) -> Tensor:
+    def quantiles(
+        self, q_hat: Tensor, variates: Variates | None = None, *, pattern: str | None = None
+    ) -> Tensor:
         """Reverse quantiles stacked on a new last axis, keeping them in ascending order.
 
-        ``q_hat`` has the layout of the input plus a trailing quantile axis of levels
-        ``tau_0 < ... < tau_{Q-1}``. Where the map is decreasing (``gamma < 0``) the level
-        ``tau`` becomes ``1 - tau``, so the axis is reversed for those instances: position k
-        then holds level ``1 - tau_{Q-1-k}``, which equals ``tau_k`` for symmetric levels.
+        ``q_hat`` has the layout ``pattern`` (default: the input's) plus a trailing quantile
+        axis of levels ``tau_0 < ... < tau_{Q-1}``: ``pattern`` names every axis but that last
+        one. Where the map is decreasing (``gamma < 0``) the level ``tau`` becomes
+        ``1 - tau``, so the axis is reversed for those instances: position k then holds level
+        ``1 - tau_{Q-1-k}``, which equals ``tau_k`` for symmetric levels.
         """
+        name = "q_hat without its quantile axis"
         try:
             _check_tensor("q_hat", q_hat)
-            frame = _select(self._frame, variates, q_hat.shape[:-1])
-            gain, offset = _fit(frame, q_hat.shape[:-1], None, "q_hat without its quantile axis")
+            if q_hat.ndim == 0:
+                raise ValueError("q_hat needs a trailing quantile axis, got a 0-d tensor")
+            shape = q_hat.shape[:-1]
+            gain, offset = _fitted(self._frame, q_hat, shape, variates, pattern, None, name)
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.quantiles(q_hat)", error) from None
         gain, offset = gain.unsqueeze(-1), offset.unsqueeze(-1)

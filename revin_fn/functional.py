@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Union, overload
+from typing import Literal, NamedTuple, overload
 
 import torch
 from torch import Tensor
 
 from . import _reference, backends
-from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
+from ._inputs import Mask as Mask
+from ._inputs import _affine_vector, _warn_if_swapped
+from ._inputs import _observed as _observed
+from ._options import DEFAULT_EPS, Options, check_options
 from ._patterns import Layout, parse
 from ._reference import Frame
 from ._reverse import ReverseFn, Variates, _check_tensor, _error
 
-Mask = Union[Tensor, Literal["nan"]]  # noqa: UP007
+
+class _DefaultPattern(str):
+    """The default pattern ``"b v t"``, told apart from the same string passed explicitly."""
+
+    __slots__ = ()
+
+
+DEFAULT_PATTERN = _DefaultPattern("b v t")
 
 
 class Statistics(NamedTuple):
@@ -29,8 +39,12 @@ class Statistics(NamedTuple):
             otherwise, 1 for an instance with nothing observed. The scale that divides is
             ``sqrt(max(variance, eps))`` (``eps_mode="clamp"``), ``sqrt(variance + eps)``
             (``"add"``) or ``sqrt(variance) + eps`` (``"add_std"``).
-        gamma: the affine weight as passed, or ``None``.
-        beta: the affine bias as passed, or ``None``.
+        gamma: the affine weight as passed (the same tensor, e.g. the module's Parameter, not
+            a copy), or ``None``.
+        beta: the affine bias as passed (the same tensor), or ``None``.
+
+    ``mean`` and ``variance`` are tensors of their own: no view of ``x`` and not shared with
+    the call's ``reverse_fn``, so writing into them changes neither.
     """
 
     mean: Tensor
@@ -42,48 +56,6 @@ class Statistics(NamedTuple):
 # a saved Statistics loads with torch.load's default weights_only=True (torch >= 2.4)
 if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([Statistics])
-
-
-def _affine_vector(name: str, value: Tensor | None, x: Tensor, layout: Layout) -> Tensor | None:
-    """``value`` of shape (V,) or (V, 1) as a (V,) vector in the statistics dtype."""
-    if value is None:
-        return None
-    _check_tensor(name, value)
-    if layout.variate is None:
-        raise ValueError(
-            f'{name} needs a variate axis "v" in the pattern, got pattern "{layout.pattern}"'
-        )
-    size = x.shape[layout.variate]
-    if value.shape != (size,) and value.shape != (size, 1):
-        raise ValueError(
-            f"{name} has shape {tuple(value.shape)}, expected ({size},) or ({size}, 1) "
-            f'for x of shape {tuple(x.shape)} with pattern "{layout.pattern}"'
-        )
-    vector = value if value.ndim == 1 else value.reshape(size)
-    sdtype = stats_dtype(x.dtype)
-    return vector if vector.dtype == sdtype else vector.to(sdtype)
-
-
-def _observed(mask: Mask | None, x: Tensor) -> Tensor | None:
-    if mask is None:
-        return None
-    if isinstance(mask, str):
-        if mask != "nan":
-            raise ValueError(f'mask must be a bool tensor or the string "nan", got {mask!r}')
-        return ~x.isnan()
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        kind = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f'mask must be a bool tensor (True = observed) or "nan", got {kind}')
-    try:
-        expanded = mask.expand(x.shape)
-    except RuntimeError:
-        expanded = None
-    if expanded is None:
-        raise ValueError(
-            f"mask has shape {tuple(mask.shape)}, which does not broadcast to x of shape "
-            f"{tuple(x.shape)}"
-        )
-    return expanded
 
 
 def _prepare(
@@ -103,7 +75,7 @@ def _prepare(
         layout,
         _affine_vector("gamma", gamma, x, layout),
         _affine_vector("beta", beta, x, layout),
-        _observed(mask, x),
+        _observed(mask, x, layout),
     )
 
 
@@ -144,7 +116,7 @@ def revin(
     gamma: Tensor | None = None,
     beta: Tensor | None = None,
     *,
-    pattern: str = "b v t",
+    pattern: str = DEFAULT_PATTERN,
     eps: float = DEFAULT_EPS,
     eps_mode: str = "clamp",
     detach: bool = False,
@@ -171,7 +143,9 @@ def revin(
         x: floating tensor laid out as ``pattern``.
         gamma, beta: affine parameters of shape ``(V,)`` or ``(V, 1)``. Default: no affine.
         pattern: einops-style axis names; ``t`` is reduced, ``v`` carries gamma/beta, every
-            other axis (``...`` allowed) indexes instances. Default: ``"b v t"``.
+            other axis (``...`` allowed) indexes instances. Default: ``"b v t"``; left at
+            the default without gamma/beta, a call with fewer steps than variates warns
+            (``UserWarning``: a ``(batch, time, variates)`` batch needs ``"b t v"``).
         eps: variance floor (and gamma floor). Default: ``1e-5``.
         eps_mode: ``"clamp"`` (max), ``"add"`` (as in the original RevIN) or ``"add_std"``
             (:math:`\sigma = \sqrt{\mathrm{Var}[x]} + \epsilon`, as in S4). Default: ``"clamp"``.
@@ -181,13 +155,23 @@ def revin(
         method: ``"std"``, ``"robust"`` (median, IQR/1.349), ``"minmax"`` (to [0, 1]) or
             ``"meanabs"`` (location 0, scale mean |x|). Default: ``"std"``.
         causal: step t uses the statistics of steps 0..t only. Default: ``False``.
-        mask: bool tensor broadcastable to ``x`` (True = observed) or ``"nan"``; statistics use
-            observed steps only and masked slots are returned unchanged. Default: all observed.
+        mask: tensor of bools, or of 0/1 numbers read as ``mask != 0`` (True/nonzero =
+            observed), broadcastable to ``x``, or ``"nan"``; a mask shaped as ``x`` without
+            its variate axis (``(B, T)`` for ``"b t v"``) applies to every variate. Statistics
+            use observed steps only and masked slots are returned unchanged. Default: all
+            observed.
         return_statistics: also return the :class:`Statistics`. Default: ``False``.
 
     Returns:
         ``(y, reverse_fn)``, or ``(y, reverse_fn, statistics)`` with ``return_statistics=True``.
-        ``y`` has the shape and dtype of ``x``.
+        ``y`` has the shape and dtype of ``x`` (float16, bfloat16, float32 or float64).
+        ``reverse_fn`` and the statistics hold tensors of their own (no view of ``x``);
+        ``Statistics.gamma``/``beta`` are the tensors passed.
+
+    Range: statistics are float32 for every dtype but float64, so float32, float16 and
+    bfloat16 data need a scale below about 1.8e19 (its square must be a float32) and finite
+    sums over time; beyond that ``y`` and ``reverse_fn(y)`` are NaN (or 0 on the native
+    CPU fast path, see the README), never another finite value.
 
     Examples::
 
@@ -201,6 +185,8 @@ def revin(
         layout, gamma_vec, beta_vec, observed = _prepare(x, gamma, beta, pattern, mask, options)
     except (TypeError, ValueError) as error:
         raise _error("revin(x, gamma, beta)", error) from None
+    if pattern is DEFAULT_PATTERN and gamma is None and beta is None:
+        _warn_if_swapped(x, layout)
     try:
         y, frame = backends.normalize(
             x, layout, gamma_vec, beta_vec, observed, options, return_statistics
@@ -210,7 +196,8 @@ def revin(
     reverse_fn = ReverseFn(frame)
     if return_statistics:
         assert frame.variance is not None  # asked for with statistics=True
-        return y, reverse_fn, Statistics(frame.loc, frame.variance, gamma, beta)
+        # copies of their own: writing into them moves neither x nor reverse_fn
+        return y, reverse_fn, Statistics(frame.loc.clone(), frame.variance.clone(), gamma, beta)
     return y, reverse_fn
 
 

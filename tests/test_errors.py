@@ -85,8 +85,10 @@ def test_non_tensor_input_is_a_type_error():
         revin([[1.0, 2.0]])
     with pytest.raises(RevINTypeError, match="gamma must be a floating-point tensor"):
         revin(X, torch.ones(7, dtype=torch.long))
-    with pytest.raises(RevINTypeError, match=r"mask must be a bool tensor .* got torch.float32"):
-        revin(X, mask=torch.ones(4, 7, 32))
+    with pytest.raises(
+        RevINTypeError, match=r"mask must be a tensor of bools .* got torch.complex64"
+    ):
+        revin(X, mask=torch.ones(4, 7, 32, dtype=torch.complex64))
 
 
 def test_one_target_forecast_is_never_broadcast_silently():

@@ -1,0 +1,94 @@
+"""Checks of what ``revin`` is given: affine weights, masks, and the swapped-axes warning."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal, Union
+
+import torch
+from torch import Tensor
+
+from ._options import stats_dtype
+from ._patterns import Layout
+from ._reverse import _check_tensor
+
+Mask = Union[Tensor, Literal["nan"]]  # noqa: UP007
+
+
+def _affine_vector(name: str, value: Tensor | None, x: Tensor, layout: Layout) -> Tensor | None:
+    """``value`` of shape (V,) or (V, 1) as a (V,) vector in the statistics dtype."""
+    if value is None:
+        return None
+    _check_tensor(name, value)
+    if value.device != x.device:
+        raise ValueError(f"{name} is on {value.device}, expected {x.device} like x")
+    if layout.variate is None:
+        raise ValueError(
+            f'{name} needs a variate axis "v" in the pattern, got pattern "{layout.pattern}"'
+        )
+    size = x.shape[layout.variate]
+    if value.shape != (size,) and value.shape != (size, 1):
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)}, expected ({size},) or ({size}, 1) "
+            f'for x of shape {tuple(x.shape)} with pattern "{layout.pattern}"'
+        )
+    vector = value if value.ndim == 1 else value.reshape(size)
+    sdtype = stats_dtype(x.dtype)
+    return vector if vector.dtype == sdtype else vector.to(sdtype)
+
+
+def _observed(mask: Mask | None, x: Tensor, layout: Layout | None = None) -> Tensor | None:
+    """The bool tensor of observed slots, of ``x``'s shape (a broadcast view where possible).
+
+    A bool mask is used as is; a floating or integer mask (1 = observed, as TSLib,
+    neuralforecast and HF pass them) is read as ``mask != 0`` without looking at its values.
+    A mask of lower rank whose shape is ``x``'s without the variate axis (neuralforecast's
+    ``(B, T)`` for ``"b t v"``) applies to every variate; any other mask broadcasts as usual.
+    """
+    if mask is None:
+        return None
+    if isinstance(mask, str):
+        if mask != "nan":
+            raise ValueError(f'mask must be a bool tensor or the string "nan", got {mask!r}')
+        return ~x.isnan()
+    if not isinstance(mask, Tensor) or mask.is_complex():
+        kind = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(
+            f'mask must be a tensor of bools or of 0/1 numbers (nonzero = observed) or "nan", '
+            f"got {kind}"
+        )
+    if mask.layout != torch.strided:
+        raise ValueError(f"mask must be a dense (strided) tensor, got layout {mask.layout}")
+    if mask.device != x.device:
+        raise ValueError(f"mask is on {mask.device}, expected {x.device} like x")
+    axis = None if layout is None else layout.variate
+    without = None if axis is None else (*x.shape[:axis], *x.shape[axis + 1 :])
+    if axis is not None and tuple(mask.shape) == without:
+        mask = mask.unsqueeze(axis)  # one mask for every variate
+    try:
+        expanded = mask.expand(x.shape)
+    except RuntimeError:
+        expanded = None
+    if expanded is None:
+        rule = "" if without is None else f" nor is x's shape without its variate axis {without}"
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)}, which does not broadcast to x of shape "
+            f"{tuple(x.shape)}{rule}"
+        )
+    return expanded if expanded.dtype == torch.bool else expanded != 0
+
+
+def _warn_if_swapped(x: Tensor, layout: Layout) -> None:
+    """Warn when the default ``"b v t"`` sees fewer steps than variates (a ``(B, T, V)`` batch
+    read as ``(B, V, T)``); not while compiling (a Python shape check, no tensor read)."""
+    assert layout.variate is not None  # the default pattern has one
+    steps, variates = x.shape[layout.time], x.shape[layout.variate]
+    if steps < variates and not torch.compiler.is_compiling():
+        warnings.warn(
+            f'revin(x, gamma, beta): x of shape {tuple(x.shape)} under the default pattern "b v t" '
+            f'has {steps} steps on the time axis "t" and {variates} variates on "v": a batch laid '
+            'out (batch, time, variates) needs pattern="b t v"; pass pattern= explicitly to '
+            "silence this warning",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,107 @@
+"""``variates=``: the statistics of the variates an output holds, selected without a host read."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from ._reference import Frame
+
+Variates = Union[int, Sequence[int], Sequence[bool], slice, Tensor]  # noqa: UP007 (runtime alias)
+
+
+def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
+    """Turn a ``variates=`` selection into something that indexes an axis of length ``size``,
+    for an output holding ``count`` variates. Reads no tensor value on the host."""
+    if isinstance(variates, slice):
+        return variates
+    if isinstance(variates, Tensor):
+        return _tensor_index(variates, size, count)
+    if isinstance(variates, bool) or not isinstance(variates, int | Sequence | range):
+        if hasattr(variates, "__index__") and not isinstance(variates, bool):
+            variates = operator.index(variates)  # numpy integers
+        else:
+            raise TypeError(
+                "variates must be an int, a sequence of ints, a slice or a bool mask, "
+                f"got {type(variates).__name__} {variates!r}"
+            )
+    if isinstance(variates, int):
+        if not -size <= variates < size:
+            raise ValueError(f"variates={variates} is out of range for {size} variates")
+        return slice(variates % size, variates % size + 1)
+    items = list(variates)
+    if items and all(isinstance(item, bool) for item in items):
+        if len(items) != size:
+            raise ValueError(f"a bool variates mask needs {size} entries, got {len(items)}")
+        items = [i for i, keep in enumerate(items) if keep]
+    picked = []
+    for item in items:
+        if isinstance(item, bool) or not hasattr(item, "__index__"):
+            raise TypeError(
+                f"variates must hold ints (or only bools), got {type(item).__name__} {item!r} "
+                f"in {variates!r}"
+            )
+        index = operator.index(item)
+        if not -size <= index < size:
+            raise ValueError(f"variates={variates!r} is out of range for {size} variates")
+        picked.append(index % size)
+    return torch.tensor(picked, dtype=torch.long)
+
+
+def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:
+    """An index tensor from an int or bool tensor, checked without a host read: a bool mask
+    must have ``count`` True entries (checked asynchronously on accelerators); ints out of range
+    raise in ``index_select``."""
+    if variates.dtype == torch.bool:
+        if variates.shape != (size,):
+            raise ValueError(
+                f"a bool variates mask needs shape ({size},), got {tuple(variates.shape)}"
+            )
+        torch._assert_async(
+            variates.sum() == count,
+            f"reverse_fn(y_hat): the bool variates mask must hold {count} True entries, "
+            f"one per variate of y_hat",
+        )
+        # the positions of the True entries, in order, without nonzero(): True sorts first
+        return torch.argsort((~variates).to(torch.uint8), stable=True)[:count]
+    if variates.ndim != 1 or variates.is_floating_point() or variates.is_complex():
+        raise ValueError(
+            "variates must be an int, a sequence of ints, a slice or a bool mask, got a "
+            f"tensor of dtype {variates.dtype} and shape {tuple(variates.shape)}"
+        )
+    return torch.where(variates < 0, variates + size, variates)
+
+
+def select(frame: Frame, variates: Variates | None, count: int) -> Frame:
+    """The Frame of the variates ``variates`` picks, for an output holding ``count`` of them."""
+    axis = frame.layout.variate
+    if variates is None:
+        return frame
+    if axis is None:
+        raise ValueError(
+            f'variates= needs a variate axis "v" in the pattern "{frame.layout.pattern}"'
+        )
+    index = variate_index(variates, frame.loc.shape[axis], count)
+    where: list[slice | int] = [slice(None)] * frame.layout.ndim
+
+    def pick(value: Tensor) -> Tensor:
+        if value.shape[axis] == 1:
+            return value
+        if isinstance(index, Tensor):
+            try:
+                return value.index_select(axis, index.to(value.device))
+            except (IndexError, RuntimeError):
+                raise ValueError(
+                    f"variates= holds an index out of range for {value.shape[axis]} variates"
+                ) from None
+        where[axis] = index
+        return value[tuple(where)]
+
+    variance = None if frame.variance is None else pick(frame.variance)
+    return Frame(
+        frame.layout, pick(frame.loc), variance, pick(frame.gain), pick(frame.offset), frame.dtype
+    )
