@@ -226,6 +226,7 @@ def step_rows(shapes: list, device: str, timing: tuple, compiled: bool) -> list[
     rows = []
     for shape in shapes:
         for pattern in LAYOUTS:
+            torch._dynamo.reset()  # each compiled variant shares the step's code: fresh caches
             step = Step(shape, pattern, device)
             runners: dict[Any, Callable[[], object]] = {
                 ("eager", label): step.runner(label, False) for label, *_ in VARIANTS

@@ -130,10 +130,10 @@ def mode(*tensors: Tensor | None) -> str:
     for tensor in tensors:
         if tensor is None:
             continue
-        if tensor.device.type == "meta" or is_fake(tensor):
-            return "fake"
         if type(tensor) is not Tensor and type(tensor) is not torch.nn.Parameter:
-            return "subclass"
+            return "fake" if is_fake(tensor) else "subclass"  # FakeTensor is a subclass
+        if tensor.is_meta:
+            return "fake"
     return "eager"
 
 
