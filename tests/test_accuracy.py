@@ -98,3 +98,22 @@ def test_autocast_outputs_keep_the_input_dtype_range():
         assert (x_hat - x).abs().max() < 3e4 * 1e-2
     q = reverse_fn.quantiles(y.half().unsqueeze(-1))
     assert q.dtype == torch.float32 and q.isfinite().all()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize(
+    ("pattern", "shape", "route"),
+    [("b v t", (2, 3, 50), "rows"), ("b t v", (2, 50, 3), "moved rows"),
+     ("b t v", (2, 2048, 32), "columns")],
+)  # fmt: skip
+def test_past_the_float32_range_the_native_backend_gives_nan_not_zeros(pattern, shape, route, grad):
+    x = torch.randn(shape) * 3e19
+    x[0] = torch.randn(shape[1:])  # an ordinary instance next to the huge ones stays exact
+    x.requires_grad_(grad)
+    with revin_fn.backends.record() as calls:
+        y, reverse_fn = revin(x, pattern=pattern)
+    assert calls[0] == ("native", route + "+overflow")
+    assert y[1:].isnan().all() and reverse_fn(y)[1:].isnan().all()
+    with revin_fn.backends.use("reference"):
+        expected, _ = revin(x[:1], pattern=pattern)
+    torch.testing.assert_close(y[:1], expected, atol=1e-5, rtol=1e-5)

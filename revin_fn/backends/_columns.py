@@ -34,7 +34,7 @@ from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
 from ._group_norm import needs_grad
-from ._rows import SHIFTED, check_code, steps
+from ._rows import OVERFLOW, SHIFTED, check_code, steps
 
 
 def normalize_columns(
@@ -52,13 +52,15 @@ def normalize_columns(
         offset = mean.abs() / scale
         if gamma is not None:
             offset = offset * gamma.detach().abs().amax().clamp(min=1)
-        code = check_code(offset, None)
+        code = check_code(offset, None, scale.amax().isinf())
     loc = mean
     if code & SHIFTED:
         shift = mean.detach()
         del y
         y, mean, variance, scale = _attempt(values - shift, gamma, beta, layout.time, options)
         loc = shift + mean
+    if code & OVERFLOW:  # a scale past the float range: NaN, not 0
+        y = torch.where(scale.isinf(), float("nan"), y)
     return y, _reference.make_frame(layout, loc, variance, scale, gamma, beta, dtype), steps(code)
 
 

@@ -39,6 +39,7 @@ from ._group_norm import group_norm, needs_grad
 OFFSET_LIMIT = 32.0
 SHIFTED = 2  # bits of the one value read per forward
 CLAMPED = 1
+OVERFLOW = 4
 
 
 class Rows(NamedTuple):
@@ -59,17 +60,22 @@ def kernel_floor(values: Tensor, options: Options) -> float:
     return max(options.eps * 2.0**-60, torch.finfo(values.dtype).tiny)
 
 
-def check_code(offset: Tensor, clamped: Tensor | None) -> int:
+def check_code(offset: Tensor, clamped: Tensor | None, overflow: Tensor) -> int:
     """The one host read of a forward: ``SHIFTED`` if some ``offset`` (``|mean| / scale`` times
-    ``max(|gamma'|, 1)``) is above ``OFFSET_LIMIT``, plus ``CLAMPED`` if some ``clamped``.
+    ``max(|gamma'|, 1)``) is above ``OFFSET_LIMIT``, plus ``CLAMPED`` if some ``clamped``, plus
+    ``OVERFLOW`` if ``overflow`` (a scale past the float range: its outputs become NaN, not 0).
     A NaN offset asks for nothing: a non-finite instance is NaN on every route."""
-    flags = (offset.amax() > OFFSET_LIMIT) * SHIFTED
+    flags = (offset.amax() > OFFSET_LIMIT) * SHIFTED + overflow * OVERFLOW
     return int(flags if clamped is None else flags + clamped.any())
 
 
 def steps(code: int) -> str:
     """The remedies a check code asked for, as a route suffix for ``backends.record``."""
-    return ("+shifted" if code & SHIFTED else "") + ("+clamped" if code & CLAMPED else "")
+    return (
+        ("+shifted" if code & SHIFTED else "")
+        + ("+clamped" if code & CLAMPED else "")
+        + ("+overflow" if code & OVERFLOW else "")
+    )
 
 
 def _weights(
@@ -144,7 +150,8 @@ def _forward(
     offset = torch.linalg.vector_norm(mean * inverse, math.inf)
     if size is not None:
         offset = offset * size.amax().clamp_(min=1)
-    code = check_code(offset, rstd.amax() > limit if clamp else None)
+    low, high = torch.aminmax(rstd)  # rstd 0: a variance past the float range
+    code = check_code(offset, high > limit if clamp else None, low == 0)
     loc, shift = mean, None
     if code & SHIFTED:  # far from 0 for its spread: once more, each row shifted by its mean
         shift = mean
@@ -156,6 +163,8 @@ def _forward(
     if code and clamp:  # rows below the eps floor: rescale from the exact statistics
         ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row
         y = y * ratio if beta is None else torch.addcmul(beta.view(-1, 1) * (1 - ratio), y, ratio)
+    if code & OVERFLOW:
+        y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), y)
     variance = rstd.square().reciprocal_().sub_(floor)
     gain = scale if guarded is None else scale / guarded
     offset = loc if beta is None else torch.addcmul(loc, beta, gain, value=-1)
