@@ -33,7 +33,7 @@ from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
-from ._group_norm import needs_grad
+from ._group_norm import needs_grad, vjp_by_ops
 from ._rows import OVERFLOW, SHIFTED, check_code, steps
 
 
@@ -161,21 +161,10 @@ def _backward_by_ops(
     """The vector-Jacobian product of ``_forward_by_ops`` on the saved inputs, recorded so that
     it can be differentiated again (double backward)."""
     source, gamma, _, _, _, beta = ctx.saved_tensors
-    need = ctx.needs_input_grad[:3]
-    wanted = [t for t, n in zip((source, gamma, beta), need, strict=True) if n]
     outputs = _forward_by_ops(source, gamma, beta, ctx.time, ctx.options)
-    pairs = [
-        (o, g)
-        for o, g in zip(outputs, (grad_y, grad_mean, grad_variance), strict=True)
-        if g is not None
-    ]
-    grads = iter(
-        torch.autograd.grad(
-            [o for o, _ in pairs], wanted, [g for _, g in pairs],
-            create_graph=True, allow_unused=True, materialize_grads=True,
-        )
-    )  # fmt: skip
-    return (*(next(grads) if n else None for n in need), None, None)
+    grads = (grad_y, grad_mean, grad_variance)
+    needs = ctx.needs_input_grad[:3]
+    return (*vjp_by_ops(outputs, grads, (source, gamma, beta), needs), None, None)
 
 
 def _forward_by_ops(

@@ -1,10 +1,12 @@
-"""The native group-norm kernel with one group per row, and the autograd check shared by routes.
+"""The native group-norm kernel with one group per row, and the autograd helpers of the routes.
 
 ``torch.native_group_norm`` normalizes rows of ``x`` (time last) in one read and one write and
 also returns each row's mean and ``1 / std``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -22,3 +24,23 @@ def group_norm(
     (batch, channels, time), contiguous; mean and rstd have shape (batch, channels)."""
     batch, channels, length = grid.shape
     return torch.native_group_norm(grid, weight, bias, batch, channels, length, channels, floor)
+
+
+def vjp_by_ops(
+    outputs: Sequence[Tensor],
+    grads: Sequence[Tensor | None],
+    inputs: Sequence[Tensor | None],
+    needs: Sequence[bool],
+) -> list[Tensor | None]:
+    """The vector-Jacobian product of ``outputs`` (computed from ``inputs`` in differentiable
+    ops) with ``grads``, recorded so that it can be differentiated again (double backward);
+    ``None`` for the inputs that need no gradient."""
+    wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
+    pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+    found = iter(
+        torch.autograd.grad(
+            [o for o, _ in pairs], wanted, [g for _, g in pairs],  # type: ignore[arg-type]
+            create_graph=True, allow_unused=True, materialize_grads=True,
+        )
+    )  # fmt: skip
+    return [next(found) if need else None for need in needs]

@@ -31,7 +31,7 @@ from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
-from ._group_norm import group_norm, needs_grad
+from ._group_norm import group_norm, needs_grad, vjp_by_ops
 
 # Largest |mean| / scale * max(|gamma'|, 1) normalized in a single pass: the fused output
 # x * a + c rounds at the size of the offset, about 6e-6 against float64 at 30 and 2e-5 at 100
@@ -291,15 +291,9 @@ class _Rows(torch.autograd.Function):
         grid, gamma, beta, *saved = ctx.saved_tensors
         options = ctx.options
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
-            wanted = [
-                t for t, n in zip((grid, gamma, beta), ctx.needs_input_grad[:3], strict=True) if n
-            ]
             outputs = _by_ops(grid, gamma, beta, options)
-            pairs = [(o, g) for o, g in zip(outputs, grads[:5], strict=True) if g is not None]
-            found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
-                                             create_graph=True, allow_unused=True,
-                                             materialize_grads=True))  # fmt: skip
-            return (*(next(found) if n else None for n in ctx.needs_input_grad[:3]), None)
+            needs = ctx.needs_input_grad[:3]
+            return (*vjp_by_ops(outputs, grads[:5], (grid, gamma, beta), needs), None)
         return (*_backward(
                 grid, gamma, beta, saved, options, ctx.clamped, grads, ctx.needs_input_grad[:3]
             ),
