@@ -70,14 +70,6 @@ class Frame(NamedTuple):
     offset: Tensor
     dtype: torch.dtype
 
-    def viewed(self, shape: tuple[int, ...]) -> Frame:
-        """The same Frame with every tensor viewed as ``shape``."""
-        variance = None if self.variance is None else self.variance.view(shape)
-        return Frame(
-            self.layout, self.loc.view(shape), variance, self.gain.view(shape),
-            self.offset.view(shape), self.dtype,
-        )  # fmt: skip
-
 
 def make_frame(
     layout: Layout,
@@ -89,9 +81,17 @@ def make_frame(
     dtype: torch.dtype,
 ) -> Frame:
     """The Frame of statistics ``loc``/``scale`` and the guarded affine, for input of ``dtype``."""
+    return Frame(layout, loc, variance, *gain_offset(loc, scale, gamma, beta), dtype)
+
+
+def gain_offset(
+    loc: Tensor, scale: Tensor, gamma: Tensor | None, beta: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``gain = scale / gamma'`` and ``offset = loc - beta * gain``: the reverse is
+    ``offset + y * gain``. ``gamma`` is guarded."""
     gain = scale if gamma is None else scale / gamma
     offset = loc if beta is None else torch.addcmul(loc, beta, gain, value=-1)
-    return Frame(layout, loc, variance, gain, offset, dtype)
+    return gain, offset
 
 
 def forward_frame(x: Tensor, frame: Frame) -> Tensor:

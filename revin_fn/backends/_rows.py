@@ -128,11 +128,11 @@ def normalize_rows(
 
 
 def _guard(gamma: Tensor | None, eps: float) -> tuple[Tensor | None, Tensor | None]:
-    """``(gamma', |gamma'|)``: ``_reference.guard_gamma`` in three operations."""
+    """``(gamma', |gamma'|)`` with ``_reference.guard_gamma``."""
     if gamma is None:
         return None, None
-    size = gamma.abs().clamp_(min=eps)  # gamma' keeps gamma's sign, sign(0) = +1
-    return torch.where(gamma < 0, -size, size), size
+    guarded = _reference.guard_gamma(gamma, eps)
+    return guarded, guarded.abs()
 
 
 def _forward(
@@ -166,8 +166,7 @@ def _forward(
     if code & OVERFLOW:
         y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), y)
     variance = rstd.square().reciprocal_().sub_(floor)
-    gain = scale if guarded is None else scale / guarded
-    offset = loc if beta is None else torch.addcmul(loc, beta, gain, value=-1)
+    gain, offset = _reference.gain_offset(loc, scale, guarded, beta)
     return y, loc, scale, gain, offset, variance, code, (shift, mean)
 
 
@@ -193,7 +192,7 @@ def _backward(
     scale, variance, shift, center = saved
     g_y, g_loc, g_gain, g_offset, g_variance = grads[:5]
     length, eps, detach = grid.shape[-1], options.eps, options.detach
-    guarded, _ = _guard(gamma, eps)
+    guarded = None if gamma is None else _reference.guard_gamma(gamma, eps)
     source = grid if shift is None else grid - shift.unsqueeze(-1)  # x - shift, accurately
     factor = scale.reciprocal() if guarded is None else guarded / scale
     zeros = torch.zeros_like(scale)
