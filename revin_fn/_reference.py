@@ -201,8 +201,14 @@ def _robust_moments(
     iqr_scale = (upper - lower) / IQR_PER_STD
     mad = (values - median).abs().nanmean(dim, keepdim=True)
     scale = torch.where(iqr_scale > 0, iqr_scale, mad)
-    # centered from the shifted values: shift + median is rounded at the level of the data
-    return shift + median, scale.square(), shifted - median
+    # loc = shift + median is rounded at the size of the shift (the first value, which can be
+    # far larger than the median): centre on the rounded loc and its exact rounding error
+    # (TwoSum), so that y is accurate far from 0 and loc + y * scale gives x back at the size
+    # of loc
+    loc = shift + median
+    back = loc - shift
+    error = (shift - (loc - back)) + (median - back)
+    return loc, scale.square(), (x - loc) - error
 
 
 def _other_moments(
