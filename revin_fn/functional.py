@@ -170,8 +170,8 @@ def revin(
 
     Range: statistics are float32 for every dtype but float64, so float32, float16 and
     bfloat16 data need a scale below about 1.8e19 (its square must be a float32) and finite
-    sums over time; beyond that ``y`` and ``reverse_fn(y)`` are NaN (or 0 on the native
-    CPU fast path, see the README), never another finite value.
+    sums over time; beyond that ``y`` and ``reverse_fn(y)`` are NaN on every backend, never
+    another finite value.
 
     Examples::
 
