@@ -62,12 +62,18 @@ def make_input(pattern: str, sizes: tuple[int, int, int], offset: float, spread:
 
 
 def run(
-    backend: str, x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, **kw
+    backend: str,
+    x: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    x_grad: bool = True,
+    **kw,
 ) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
-    """Values, statistics, reverse and gradients of one revin -> reverse_fn round."""
-    leaves = [t.detach().clone().requires_grad_() for t in (x, gamma, beta) if t is not None]
-    x_, *affine = leaves
-    gamma_, beta_ = affine if affine else (None, None)
+    """Values, statistics, reverse and gradients of one revin -> reverse_fn round (gradients
+    for gamma and beta, and for x if ``x_grad``: data, as in training, takes none)."""
+    x_, gamma_, beta_ = (None if t is None else t.detach().clone() for t in (x, gamma, beta))
+    leaves = [t.requires_grad_() for t in (x_, gamma_, beta_) if t is not None and (t is not x_
+              or x_grad)]  # fmt: skip
     with backends.use(backend), backends.record() as calls:
         y, reverse_fn, stats = revin(x_, gamma_, beta_, return_statistics=True, **kw)
         horizon = reverse_fn(torch.sin(y.detach()[..., :7]) if kw["pattern"].endswith("t")
@@ -92,16 +98,16 @@ def assert_as_accurate_as_reference(fast: dict, ref: dict, truth: dict) -> None:
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize(("affine", "x_grad"), [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("detach", [False, True])
 @pytest.mark.parametrize("eps_mode", ["clamp", "add"])
 @pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), ROUTES, ids=ROUTE_IDS)
 def test_route_equals_reference(backend, route, pattern, sizes, offset, spread, eps_mode, detach,
-                                affine):  # fmt: skip
+                                affine, x_grad):  # fmt: skip
     x, gamma, beta = make_input(pattern, sizes, offset, spread)
     if not affine:
         gamma = beta = None
-    options = {"pattern": pattern, "eps_mode": eps_mode, "detach": detach}
+    options = {"pattern": pattern, "eps_mode": eps_mode, "detach": detach, "x_grad": x_grad}
     fast, calls = run(backend, x, gamma, beta, **options)
     ref, ref_calls = run("reference", x, gamma, beta, **options)
     wide = [None if t is None else t.double() for t in (x, gamma, beta)]

@@ -23,6 +23,7 @@ differentiable ops.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
 from ._group_norm import needs_grad, vjp_by_ops
-from ._rows import OVERFLOW, SHIFTED, check_code, steps
+from ._rows import OFFSET_LIMIT, OVERFLOW, SHIFTED, check_code, steps
 
 
 def normalize_columns(
@@ -49,10 +50,11 @@ def normalize_columns(
     and ``beta`` broadcast along the variate axis; ``dtype`` is the caller's input dtype."""
     y, mean, variance, scale = _attempt(values, gamma, beta, layout.time, options)
     with torch.no_grad():
-        offset = mean.abs() / scale
+        offset = torch.linalg.vector_norm(mean / scale, math.inf)
         if gamma is not None:
-            offset = offset * gamma.detach().abs().amax().clamp(min=1)
-        code = check_code(offset, None, scale.amax().isinf())
+            offset = offset * torch.linalg.vector_norm(gamma.detach(), math.inf).clamp_(min=1)
+        largest = torch.finfo(scale.dtype).max
+        code = check_code((offset, OFFSET_LIMIT, SHIFTED), (scale.amax(), largest, OVERFLOW))
     loc = mean
     if code & SHIFTED:
         shift = mean.detach()

@@ -20,6 +20,7 @@ formula.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -31,7 +32,7 @@ from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
-from ._group_norm import group_norm, needs_grad, vjp_by_ops
+from ._group_norm import needs_grad, vjp_by_ops
 
 # Largest |mean| / scale * max(|gamma'|, 1) normalized in a single pass: the fused output
 # x * a + c rounds at the size of the offset, about 6e-6 against float64 at 30 and 2e-5 at 100
@@ -42,16 +43,6 @@ CLAMPED = 1
 OVERFLOW = 4
 
 
-class Rows(NamedTuple):
-    """Per-row results, in the kernel's ``(batch, channels)`` shape."""
-
-    loc: Tensor
-    scale: Tensor
-    gain: Tensor
-    offset: Tensor
-    variance: Tensor
-
-
 def kernel_floor(values: Tensor, options: Options) -> float:
     """What the kernel adds to the variance: eps for ``"add"``; for ``"clamp"`` a floor far
     below eps, which only keeps a zero variance from making ``1 / std`` infinite."""
@@ -60,13 +51,24 @@ def kernel_floor(values: Tensor, options: Options) -> float:
     return max(options.eps * 2.0**-60, torch.finfo(values.dtype).tiny)
 
 
-def check_code(offset: Tensor, clamped: Tensor | None, overflow: Tensor) -> int:
-    """The one host read of a forward: ``SHIFTED`` if some ``offset`` (``|mean| / scale`` times
-    ``max(|gamma'|, 1)``) is above ``OFFSET_LIMIT``, plus ``CLAMPED`` if some ``clamped``, plus
-    ``OVERFLOW`` if ``overflow`` (a scale past the float range: its outputs become NaN, not 0).
-    A NaN offset asks for nothing: a non-finite instance is NaN on every route."""
-    flags = (offset.amax() > OFFSET_LIMIT) * SHIFTED + overflow * OVERFLOW
-    return int(flags if clamped is None else flags + clamped.any())
+def check_code(*checks: tuple[Tensor, float, int]) -> int:
+    """The one host read of a forward: the sum of the ``bit`` of each ``(value, limit, bit)``
+    whose value (a 0-d tensor) is above its limit; a NaN value asks for nothing (a non-finite
+    instance is NaN on every route). The checks: ``SHIFTED`` if some ``|mean| / scale`` times
+    ``max(|gamma'|, 1)`` is above ``OFFSET_LIMIT``, ``CLAMPED`` if some variance is below eps,
+    ``OVERFLOW`` if some scale is past the float range (its outputs become NaN, not 0)."""
+    values = torch.stack([value for value, _, _ in checks])
+    limits, bits = _check_constants(tuple((limit, bit) for _, limit, bit in checks), values.dtype)
+    return int(torch.mul(values > limits, bits).sum())
+
+
+@functools.lru_cache(maxsize=64)
+def _check_constants(
+    pairs: tuple[tuple[float, int], ...], dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The limits and bits of ``check_code`` as CPU tensors (made once per set of checks)."""
+    limits = torch.tensor([limit for limit, _ in pairs], dtype=dtype)
+    return limits, torch.tensor([bit for _, bit in pairs])
 
 
 def steps(code: int) -> str:
@@ -116,184 +118,247 @@ def normalize_rows(
     shape, time = values.shape, layout.time
     stats_shape = (*shape[:time], 1, *shape[time:-1])  # in layout, time kept with size 1
     weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
-    grid = values.view(-1, channels, shape[-1])
+    grid = Grid(values.numel() // (channels * shape[-1]), channels, shape[-1], stats_shape)
     if needs_grad(values, weight, bias):
-        y, *rows, code = _Rows.apply(grid, weight, bias, options)  # type: ignore[no-untyped-call]
+        y, loc, gain, offset, variance, code = _Rows.apply(  # type: ignore[no-untyped-call]
+            values, weight, bias, grid, options
+        )
     else:
-        y, *rows, code, _ = _forward(grid, weight, bias, options)
-        del rows[1]  # the scale, kept by the backward only
-    loc, gain, offset, variance = (t.view(stats_shape) for t in rows)
+        y, rows, code, _ = _forward(values, weight, bias, grid, options)
+        loc, gain, offset, variance = (t.view(stats_shape) for t in rows.outputs())
     frame = Frame(layout, loc, variance if statistics else None, gain, offset, dtype)
-    return y.view(shape), frame, steps(int(code))
+    return y, frame, steps(int(code))
 
 
-def _guard(gamma: Tensor | None, eps: float) -> tuple[Tensor | None, Tensor | None]:
-    """``(gamma', |gamma'|)`` with ``_reference.guard_gamma``."""
-    if gamma is None:
-        return None, None
-    guarded = _reference.guard_gamma(gamma, eps)
-    return guarded, guarded.abs()
+class Grid(NamedTuple):
+    """How the kernel reads ``x``: ``batch`` by ``channels`` rows of ``length``, the weights
+    repeating every ``channels`` rows; per-row results take ``stats_shape`` in the layout."""
+
+    batch: int
+    channels: int
+    length: int
+    stats_shape: tuple[int, ...]
+
+
+class Rows(NamedTuple):
+    """Per-row results of the forward, of shape ``(batch, channels)``. ``loc = shift + center``
+    with ``shift`` the first-pass mean where the rows were shifted (else ``None``, and
+    ``center = loc``); ``inverse = 1 / scale``; ``guarded`` is gamma' (``None``: no gamma)."""
+
+    loc: Tensor
+    gain: Tensor
+    offset: Tensor
+    variance: Tensor
+    scale: Tensor
+    inverse: Tensor
+    shift: Tensor | None
+    center: Tensor
+    guarded: Tensor | None
+
+    def outputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.loc, self.gain, self.offset, self.variance
+
+
+def _group_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, grid: Grid, floor: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd)`` of ``native_group_norm`` with one group per row: ``y`` in ``x``'s
+    shape (contiguous), mean and rstd of shape ``(batch, channels)``."""
+    batch, channels, length, _ = grid
+    return torch.native_group_norm(x, weight, bias, batch, channels, length, channels, floor)
 
 
 def _forward(
-    grid: Tensor, gamma: Tensor | None, beta: Tensor | None, options: Options
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int, tuple[Tensor | None, Tensor]]:
-    """``(y, loc, scale, gain, offset, variance, code, (shift, center))`` of ``grid`` (batch,
-    channels, time): ``loc = shift + center``, ``shift`` the first-pass mean where the rows
-    were shifted (else ``None``, and ``center = loc``)."""
+    x: Tensor, gamma: Tensor | None, beta: Tensor | None, grid: Grid, options: Options
+) -> tuple[Tensor, Rows, int, bool]:
+    """``(y, rows, code, clamped)`` of ``x`` read as ``grid``: ``y`` in ``x``'s shape, the
+    per-row results, the check code and whether a row's variance is below the eps floor."""
     eps, clamp = options.eps, options.eps_mode == "clamp"
-    floor = kernel_floor(grid, options)
-    guarded, size = _guard(gamma, eps)
-    y, mean, rstd = group_norm(grid, guarded, beta, floor)
+    floor = kernel_floor(x, options)
+    guarded = None if gamma is None else _reference.guard_gamma(gamma, eps)
+    batch, channels, length, _ = grid
+    y, mean, rstd = _group_norm(x, guarded, beta, grid, floor)
     limit = eps**-0.5  # rstd above it: variance below eps
     inverse = rstd.clamp(max=limit) if clamp else rstd
     offset = torch.linalg.vector_norm(mean * inverse, math.inf)
-    if size is not None:
-        offset = offset * size.amax().clamp_(min=1)
-    low, high = torch.aminmax(rstd)  # rstd 0: a variance past the float range
-    code = check_code(offset, high > limit if clamp else None, low == 0)
+    if guarded is not None:
+        offset = offset * torch.linalg.vector_norm(guarded, math.inf).clamp_(min=1)
+    scale = inverse.reciprocal()
+    checks = [(offset, OFFSET_LIMIT, SHIFTED), (scale.amax(), torch.finfo(x.dtype).max, OVERFLOW)]
+    if clamp:
+        checks.append((rstd.amax(), limit, CLAMPED))
+    code = check_code(*checks)
     loc, shift = mean, None
     if code & SHIFTED:  # far from 0 for its spread: once more, each row shifted by its mean
         shift = mean
         del y  # free the first output before the second is allocated
-        y, mean, rstd = group_norm(grid - shift.unsqueeze(-1), guarded, beta, floor)
+        source = (x.view(batch, channels, length) - shift.unsqueeze(-1)).view(x.shape)
+        y, mean, rstd = _group_norm(source, guarded, beta, grid, floor)
         inverse = rstd.clamp(max=limit) if clamp else rstd
+        scale = inverse.reciprocal()
         loc = shift + mean
-    scale = inverse.reciprocal()
-    if code and clamp:  # rows below the eps floor: rescale from the exact statistics
+    if code & CLAMPED:  # rows below the eps floor: rescale from the exact statistics
         ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row
-        y = y * ratio if beta is None else torch.addcmul(beta.view(-1, 1) * (1 - ratio), y, ratio)
+        rows_y = y.view(batch, channels, length)
+        rows_y = (
+            rows_y * ratio
+            if beta is None
+            else torch.addcmul(beta.view(-1, 1) * (1 - ratio), rows_y, ratio)
+        )
+        y = rows_y.view(x.shape)
     if code & OVERFLOW:
-        y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), y)
-    variance = rstd.square().reciprocal_().sub_(floor)
+        y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), y.view(batch, channels, length))
+        y = y.view(x.shape)
+    variance = rstd.pow(-2).sub_(floor)
     gain, offset = _reference.gain_offset(loc, scale, guarded, beta)
-    return y, loc, scale, gain, offset, variance, code, (shift, mean)
+    rows = Rows(loc, gain, offset, variance, scale, inverse, shift, mean, guarded)
+    return y, rows, code, bool(code & CLAMPED)
 
 
 def _backward(
-    grid: Tensor,
+    x: Tensor,
     gamma: Tensor | None,
     beta: Tensor | None,
-    saved: tuple[Tensor, Tensor, Tensor | None, Tensor],
+    rows: Rows,
+    grid: Grid,
     options: Options,
     clamped: bool,
     grads: tuple[Tensor | None, ...],
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients for ``grid``, gamma and beta from those of ``y``, ``loc``, ``gain``,
-    ``offset`` and ``variance``.
+    """Gradients for ``x``, gamma and beta from those of ``y``, ``loc``, ``gain``, ``offset``
+    and ``variance``.
 
     With ``y = (x - loc) * k + beta``, ``k = gamma' / scale``, ``gain = scale / gamma'`` and
     ``offset = loc - beta * gain``, every output's gradient becomes per-row gradients of
     ``loc``, ``scale``, ``gamma'`` and ``beta``; ``x`` gets ``k * dy`` plus the mean's and the
     variance's terms (none with ``detach``). The output's part is the kernel's fused backward
-    unless a row below the eps floor passes gradient to ``x``; then two reductions.
+    unless a row below the eps floor passes gradient to ``x``; then two reductions. Where
+    ``x`` takes no gradient through the statistics (no gradient, or ``detach``), only gamma'
+    and beta collect the per-row terms.
     """
-    scale, variance, shift, center = saved
-    g_y, g_loc, g_gain, g_offset, g_variance = grads[:5]
-    length, eps, detach = grid.shape[-1], options.eps, options.detach
-    guarded = None if gamma is None else _reference.guard_gamma(gamma, eps)
-    source = grid if shift is None else grid - shift.unsqueeze(-1)  # x - shift, accurately
-    factor = scale.reciprocal() if guarded is None else guarded / scale
-    zeros = torch.zeros_like(scale)
-    d_loc, d_scale, d_gamma, d_beta = zeros, zeros, zeros, zeros
+    batch, channels, length, _ = grid
+    row_grads = [None if g is None else g.reshape(batch, channels) for g in grads[1:5]]
+    g_loc, g_gain, g_offset, g_variance = row_grads
+    g_y = None if grads[0] is None else grads[0].reshape(batch, channels, length)
+    guarded, scale, inverse = rows.guarded, rows.scale, rows.inverse
+    eps, detach = options.eps, options.detach
+    through_statistics = needs[0] and not detach
+    grid_x = x.view(batch, channels, length)
+    source = grid_x if rows.shift is None else grid_x - rows.shift.unsqueeze(-1)  # accurately
+    factor = inverse if guarded is None else guarded * inverse
     grad_x = grad_gamma = grad_beta = None
-    if g_y is not None and not (clamped and needs[0] and not detach):
+    d_loc = d_scale = d_gamma = d_beta = None
+    if g_y is not None and not (clamped and through_statistics):
         # the output's part in one fused pass: the kernel's own backward, with 1 / scale as
         # its rstd (exact for every row unless a clamped row passes gradient to x)
-        batch, channels, _ = grid.shape
-        mask = [
-            needs[0] and not detach,
-            needs[1] and gamma is not None,
-            needs[2] and beta is not None,
-        ]
-        grad_x, grad_gamma, grad_beta = torch.ops.aten.native_group_norm_backward(
-            g_y.contiguous(), source, center, scale.reciprocal(), guarded,
-            batch, channels, length, channels, mask,
-        )  # fmt: skip
+        mask = [through_statistics, needs[1] and gamma is not None, needs[2] and beta is not None]
+        if any(mask):
+            grad_x, grad_gamma, grad_beta = torch.ops.aten.native_group_norm_backward(
+                g_y.contiguous(), source, rows.center, inverse, guarded,
+                batch, channels, length, channels, mask,
+            )  # fmt: skip
         if needs[0] and detach:
             grad_x = g_y * factor.unsqueeze(-1)
     elif g_y is not None:
         total = g_y.sum(-1)
-        moment = (g_y * source).sum(-1) - center * total  # sum over time of dy * (x - loc)
-        d_loc, d_scale = -factor * total, -factor / scale * moment
-        d_gamma, d_beta = moment / scale, total
+        moment = (g_y * source).sum(-1) - rows.center * total  # sum over time of dy * (x - loc)
+        d_loc, d_scale = -factor * total, -factor * inverse * moment
+        d_gamma, d_beta = moment * inverse, total
         grad_x = g_y * factor.unsqueeze(-1) if needs[0] else None
+    # gain = scale / gamma' and offset = loc - beta * gain
     d_gain = g_gain
     if g_offset is not None:
-        d_loc = d_loc + g_offset
-        gain = scale if guarded is None else scale / guarded
-        d_beta = d_beta - g_offset * gain
+        d_loc = g_offset if d_loc is None else d_loc + g_offset
+        term = -g_offset * rows.gain
+        d_beta = term if d_beta is None else d_beta + term
         if beta is not None:
-            d_gain = -g_offset * beta if d_gain is None else d_gain - g_offset * beta
-    if d_gain is not None:  # gain = scale / gamma'
-        if guarded is None:
-            d_scale = d_scale + d_gain
-        else:
-            d_scale = d_scale + d_gain / guarded
-            d_gamma = d_gamma - d_gain * scale / guarded.square()
+            d_gain = (
+                -g_offset * beta
+                if d_gain is None
+                else torch.addcmul(d_gain, g_offset, beta, value=-1)
+            )
+    if d_gain is not None:
+        through_scale = d_gain if guarded is None else d_gain / guarded
+        d_scale = through_scale if d_scale is None else d_scale + through_scale
+        if guarded is not None:
+            term = -through_scale * rows.gain
+            d_gamma = term if d_gamma is None else d_gamma + term
     statistics_used = any(g is not None for g in (g_loc, g_gain, g_offset, g_variance))
-    if needs[0] and not detach and (statistics_used or grad_x is None or clamped):
-        d_loc = d_loc if g_loc is None else d_loc + g_loc
-        slope = 0.5 / scale  # d scale / d variance (0 where the eps clamp holds)
-        if options.eps_mode == "clamp":
-            slope = torch.where(variance >= eps, slope, 0)
-        d_variance = d_scale * slope
-        if g_variance is not None:
-            d_variance = d_variance + g_variance
-        rate = d_variance * (2 / length)  # variance = mean over time of (x - loc)^2
-        offset = (d_loc / length - rate * center).unsqueeze(-1)
-        base = offset.expand_as(grid) if grad_x is None else grad_x + offset
-        grad_x = torch.addcmul(base, source, rate.unsqueeze(-1))
-    elif needs[0] and grad_x is None:
-        grad_x = torch.zeros_like(grid)
+    if through_statistics and (statistics_used or grad_x is None or clamped):
+        d_loc = g_loc if d_loc is None else d_loc if g_loc is None else d_loc + g_loc
+        d_variance = g_variance
+        if d_scale is not None:
+            slope = 0.5 * inverse  # d scale / d variance (0 where the eps clamp holds)
+            if options.eps_mode == "clamp":
+                slope = torch.where(rows.variance >= eps, slope, 0)
+            d_variance = d_scale * slope if d_variance is None else d_variance + d_scale * slope
+        if d_loc is not None or d_variance is not None:
+            d_loc = torch.zeros_like(scale) if d_loc is None else d_loc
+            d_variance = torch.zeros_like(scale) if d_variance is None else d_variance
+            rate = d_variance * (2 / length)  # variance = mean over time of (x - loc)^2
+            offset = (d_loc / length - rate * rows.center).unsqueeze(-1)
+            base = offset.expand_as(source) if grad_x is None else grad_x + offset
+            grad_x = torch.addcmul(base, source, rate.unsqueeze(-1))
+    if needs[0]:
+        grad_x = torch.zeros_like(x) if grad_x is None else grad_x.view(x.shape)
     if needs[1] and gamma is not None:
-        total_gamma = d_gamma.sum(0) if grad_gamma is None else grad_gamma + d_gamma.sum(0)
-        grad_gamma = total_gamma * (gamma.abs() >= eps)  # the guard passes no gradient
-    if needs[2] and beta is not None:
+        if d_gamma is not None:
+            grad_gamma = d_gamma.sum(0) if grad_gamma is None else grad_gamma + d_gamma.sum(0)
+        if grad_gamma is not None:
+            grad_gamma = grad_gamma * (guarded == gamma)  # the guard passes no gradient
+    if needs[2] and beta is not None and d_beta is not None:
         grad_beta = d_beta.sum(0) if grad_beta is None else grad_beta + d_beta.sum(0)
     return grad_x, grad_gamma, grad_beta
 
 
 def _by_ops(
-    grid: Tensor, gamma: Tensor | None, beta: Tensor | None, options: Options
+    x: Tensor, gamma: Tensor | None, beta: Tensor | None, grid: Grid, options: Options
 ) -> tuple[Tensor, ...]:
     """``_forward``'s outputs by the reference math in differentiable ops (double backward)."""
+    batch, channels, length, stats_shape = grid
     layout = Layout("b c t", 3, ("b", "c", "t"), 2, 1)
-    y, frame = _reference.normalize(grid, layout, gamma, beta, None, options)
+    y, frame = _reference.normalize(
+        x.view(batch, channels, length), layout, gamma, beta, None, options
+    )
     rows = (frame.loc, frame.gain, frame.offset, frame.variance)
-    return (y, *(t.squeeze(-1) for t in rows))  # type: ignore[union-attr]
+    return (y.view(x.shape), *(t.view(stats_shape) for t in rows))  # type: ignore[union-attr]
 
 
 class _Rows(torch.autograd.Function):
-    """The row route as one node: ``(y, loc, gain, offset, variance, code)``.
+    """The row route as one node: ``(y, loc, gain, offset, variance, code)``, ``y`` in the
+    input's shape and the statistics in ``grid.stats_shape``.
 
-    Saves ``grid``, gamma, beta and the per-row statistics (and the shift where taken).
+    Saves the input, gamma, beta and the per-row results (and the shift where taken).
     """
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, grid: Tensor, gamma: Tensor | None, beta: Tensor | None, options: Options
+        ctx: FunctionCtx,
+        x: Tensor,
+        gamma: Tensor | None,
+        beta: Tensor | None,
+        grid: Grid,
+        options: Options,
     ) -> tuple[Tensor, ...]:
-        y, loc, scale, gain, offset, variance, code, (shift, center) = _forward(
-            grid, gamma, beta, options
-        )
-        ctx.save_for_backward(grid, gamma, beta, scale, variance, shift, center)  # type: ignore[arg-type]
-        ctx.options, ctx.clamped = options, bool(code & CLAMPED)  # type: ignore[attr-defined]
+        y, rows, code, clamped = _forward(x, gamma, beta, grid, options)
+        ctx.save_for_backward(x, gamma, beta, *rows)  # type: ignore[arg-type]
+        ctx.grid, ctx.options, ctx.clamped = grid, options, clamped  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
+        loc, gain, offset, variance = (t.view(grid.stats_shape) for t in rows.outputs())
         if options.detach:
             ctx.mark_non_differentiable(loc, variance)
         return y, loc, gain, offset, variance, code  # type: ignore[return-value]
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-        grid, gamma, beta, *saved = ctx.saved_tensors
-        options = ctx.options
+        x, gamma, beta, *saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
-            outputs = _by_ops(grid, gamma, beta, options)
-            needs = ctx.needs_input_grad[:3]
-            return (*vjp_by_ops(outputs, grads[:5], (grid, gamma, beta), needs), None)
-        return (*_backward(
-                grid, gamma, beta, saved, options, ctx.clamped, grads, ctx.needs_input_grad[:3]
-            ),
-                None)  # fmt: skip
+            outputs = _by_ops(x, gamma, beta, ctx.grid, ctx.options)
+            return (*vjp_by_ops(outputs, grads[:5], (x, gamma, beta), needs), None, None)
+        rows = Rows(*saved)
+        gradients = _backward(
+            x, gamma, beta, rows, ctx.grid, ctx.options, ctx.clamped, grads, needs
+        )
+        return (*gradients, None, None)
