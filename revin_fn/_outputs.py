@@ -13,11 +13,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from einops import EinopsError
-from einops.parsing import ParsedExpression
 from torch import Tensor
 
-from ._patterns import Layout
+from ._patterns import Layout, axis_names
 from ._reference import Frame
 
 
@@ -91,24 +89,9 @@ def _resolve(
 
 
 def _names(layout: Layout, pattern: str, ndim: int, name: str) -> tuple[str, ...]:
-    if not isinstance(pattern, str):
-        raise ValueError(
-            f'pattern must be a string such as "t b v d", got {type(pattern).__name__}'
-        )
-    try:
-        parsed = ParsedExpression(pattern)
-    except EinopsError as error:
-        raise ValueError(f'pattern "{pattern}" is not a valid einops pattern ({error})') from None
-    names: list[str] = []
-    for group in parsed.composition:
-        if group == "…":
-            names.append("…")
-        elif isinstance(group, list) and len(group) == 1:
-            names.append(group[0])
-        else:
-            raise ValueError(f'pattern "{pattern}" for {name}: name each axis on its own')
+    names, has_ellipsis = axis_names(pattern, "t b v d", f" for {name}")
     spread = sum(axis.startswith("...") for axis in layout.names)  # axes the input's ... took
-    if parsed.has_ellipsis:
+    if has_ellipsis:
         explicit = len(names) - 1
         if "…" not in layout.pattern.replace("...", "…"):
             raise ValueError(

@@ -47,9 +47,14 @@ def parse(pattern: str, ndim: int) -> Layout:
     return layout
 
 
-def _parse(pattern: str, ndim: int) -> Layout:
+def axis_names(pattern: object, example: str, about: str = "") -> tuple[list[str], bool]:
+    """The axis names of an einops-style ``pattern`` (``"…"`` for ``...``) and whether it has
+    ``...``; one name per axis. ``example`` is shown when ``pattern`` is not a string, ``about``
+    (such as ``" for the output"``) says in the other errors what the pattern is for."""
     if not isinstance(pattern, str):
-        raise ValueError(f'pattern must be a string such as "b v t", got {type(pattern).__name__}')
+        raise ValueError(
+            f'pattern must be a string such as "{example}", got {type(pattern).__name__}'
+        )
     try:
         parsed = ParsedExpression(pattern)
     except EinopsError as error:
@@ -58,15 +63,21 @@ def _parse(pattern: str, ndim: int) -> Layout:
     for group in parsed.composition:
         if group == "…":
             names.append("…")
-        elif len(group) != 1:
-            raise ValueError(
-                f'pattern "{pattern}" groups axes with parentheses; name each axis on its own'
-            )
-        else:
+        elif isinstance(group, list) and len(group) == 1:
             names.append(group[0])
+        else:
+            raise ValueError(
+                f'pattern "{pattern}"{about} groups axes with parentheses; '
+                "name each axis on its own"
+            )
+    return names, parsed.has_ellipsis
+
+
+def _parse(pattern: str, ndim: int) -> Layout:
+    names, has_ellipsis = axis_names(pattern, "b v t")
     if TIME not in names:
         raise ValueError(f'pattern "{pattern}" has no time axis "t"')
-    if parsed.has_ellipsis:
+    if has_ellipsis:
         explicit = len(names) - 1
         if ndim < explicit:
             raise ValueError(
