@@ -119,3 +119,36 @@ def test_past_the_float32_range_the_native_backend_gives_nan_not_zeros(pattern, 
     with revin_fn.backends.use("reference"):
         expected, _ = revin(x[:1], pattern=pattern)
     torch.testing.assert_close(y[:1], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("gamma_row", "route"), [(1, "rows+shifted"), (0, "rows")])
+def test_the_offset_check_weighs_each_row_by_its_own_gamma(gamma_row, route):
+    # variate 1 sits 25 spreads from 0 (below the limit of 32 alone); a gamma of 20 on the
+    # same variate scales the rounding of the fused pass 20 times and asks for the shift
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 200, generator=generator)
+    x = (x - x.mean(-1, keepdim=True)) / x.std(-1, correction=0, keepdim=True)
+    x[:, 1] += 25.0
+    gamma = torch.ones(3)
+    gamma[gamma_row] = 20.0
+    with revin_fn.backends.record() as calls:
+        y, _ = revin(x, gamma)
+    assert calls[0] == ("native", route)
+    y64, _ = revin(x.double(), gamma.double())
+    assert (y.double() - y64).abs().max() <= 1e-5 * 20
+
+
+@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
+def test_a_non_finite_instance_leaves_the_others_exact(pattern):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 64, generator=generator)
+    x[1, 0] = 7.0 + 1e-5 * x[1, 0]  # near-constant: the eps floor applies
+    x[2, 1] += 1e5  # far from 0: the shifted pass
+    x[3, 2, 5] = float("nan")
+    if pattern == "b t v":
+        x = x.transpose(1, 2).contiguous()
+    y, _ = revin(x, pattern=pattern)
+    y64, _ = revin(x.double(), pattern=pattern)
+    nan = y64.isnan()
+    assert torch.equal(y.isnan(), nan) and nan.any()
+    assert (y.double() - y64)[~nan].abs().max() <= 1e-5

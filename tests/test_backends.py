@@ -47,7 +47,9 @@ ROUTES = [
 ROUTE_IDS = [f"{route}-{pattern.replace(' ', '')}" for route, pattern, *_ in ROUTES]
 
 
-def make_input(pattern: str, sizes: tuple[int, int, int], offset: float, spread: float):
+def make_input(
+    pattern: str, sizes: tuple[int, int, int], offset: float, spread: float, guarded: bool = True
+):
     batch, variates, length = sizes
     generator = torch.Generator().manual_seed(0)
     shape = shape_for(pattern, batch, variates, length)
@@ -56,7 +58,8 @@ def make_input(pattern: str, sizes: tuple[int, int, int], offset: float, spread:
         x.select(pattern.split().index("t"), 0).fill_(offset)
         x.narrow(pattern.split().index("b"), 0, 1).fill_(offset)
     gamma = torch.linspace(-1.5, 2.0, variates, dtype=torch.float64)
-    gamma[variates // 2] = 0.0  # guarded: sign(0) = +1
+    if guarded:
+        gamma[variates // 2] = 0.0  # guarded: sign(0) = +1
     beta = torch.linspace(-0.5, 0.5, variates, dtype=torch.float64)
     return x.float(), gamma.float(), beta.float()
 
@@ -85,26 +88,40 @@ def run(
     return {k: v.detach() for k, v in out.items()}, calls
 
 
-def assert_as_accurate_as_reference(fast: dict, ref: dict, truth: dict) -> None:
+def assert_as_accurate_as_reference(fast: dict, ref: dict, truth: dict, condition: float) -> None:
     """Each output of the backend is within rounding of the reference's, and no further from
-    the float64 reference than a few times the float32 reference is (relative to its size)."""
+    the float64 reference than a few times the float32 reference is (relative to its size).
+
+    ``condition``: the offset in spreads. Gradients through the reverse at an offset of k
+    spreads carry float32 rounding of ``y`` amplified about k times (the gain's and the
+    offset's terms cancel), so beyond 1000 their floor grows with k, for the reference too."""
     for key, exact in truth.items():
         size = exact.abs().max().clamp(min=1)
         error = ((fast[key] - exact).abs().max() / size).item()
         ref_error = ((ref[key] - exact).abs().max() / size).item()
-        assert error <= 4 * ref_error + 1e-6, f"{key}: {error:.2e} against {ref_error:.2e}"
+        floor = 1e-6 * max(1.0, condition / 1e3) if key.startswith("grad") else 1e-6
+        assert error <= 4 * ref_error + floor, f"{key}: {error:.2e} against {ref_error:.2e}"
     torch.testing.assert_close(fast["y"], ref["y"], atol=3e-5, rtol=1e-5)
     torch.testing.assert_close(fast["variance"], ref["variance"], atol=1e-9, rtol=2e-4)
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize(("affine", "x_grad"), [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize(
+    ("affine", "x_grad", "guarded"),
+    [
+        (True, True, True),
+        (True, True, False),
+        (True, False, True),
+        (True, False, False),
+        (False, True, False),
+    ],
+)
 @pytest.mark.parametrize("detach", [False, True])
 @pytest.mark.parametrize("eps_mode", ["clamp", "add"])
 @pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), ROUTES, ids=ROUTE_IDS)
 def test_route_equals_reference(backend, route, pattern, sizes, offset, spread, eps_mode, detach,
-                                affine, x_grad):  # fmt: skip
-    x, gamma, beta = make_input(pattern, sizes, offset, spread)
+                                affine, x_grad, guarded):  # fmt: skip
+    x, gamma, beta = make_input(pattern, sizes, offset, spread, guarded)
     if not affine:
         gamma = beta = None
     options = {"pattern": pattern, "eps_mode": eps_mode, "detach": detach, "x_grad": x_grad}
@@ -113,9 +130,11 @@ def test_route_equals_reference(backend, route, pattern, sizes, offset, spread, 
     wide = [None if t is None else t.double() for t in (x, gamma, beta)]
     truth, _ = run("reference", *wide, **options)
     expected = route if eps_mode == "clamp" else route.replace("+clamped", "")
+    if guarded and "rows" in route:  # a gamma below eps: the row kernel runs with gamma'
+        expected += "+guarded"
     assert calls[0] == (backend, expected)
     assert ref_calls[0] == ("reference", "normalize")
-    assert_as_accurate_as_reference(fast, ref, truth)
+    assert_as_accurate_as_reference(fast, ref, truth, abs(offset) / spread)
 
 
 @settings(max_examples=40, deadline=None)

@@ -6,16 +6,19 @@ yields each row's mean and ``1 / std``. Two things can make that pass inexact, a
 read of a combined check settles both:
 
 - the kernel writes ``x * a + c``, which rounds at the size of the offset ``|mean| / scale``
-  (times ``max(|gamma'|, 1)``); above ``OFFSET_LIMIT`` every row is normalized once more after
-  subtracting its first-pass mean;
+  (times the variate's ``max(|gamma|, 1)``); above ``OFFSET_LIMIT`` every row is normalized
+  once more after subtracting its first-pass mean;
 - ``eps_mode="clamp"``: the kernel adds a negligible floor instead of clamping, so rows whose
   variance is below ``eps`` are rescaled from the pass's exact statistics,
   ``y = beta + (y - beta) * kernel_scale / scale`` (one element-wise pass, no recomputation).
 
-Neither remedy reads a value again. The whole route, gamma's guard and the Frame's gain and
-offset included, is one autograd node (``_Rows``) with a fused backward that reads no value;
-recorded for double backward, that backward is the vector-Jacobian product of the reference
-formula.
+The kernel takes gamma as given (then gamma' = gamma) unless the same check finds some
+``|gamma|`` below eps; then the pass runs again with the guarded gamma'. Neither remedy reads a
+value again. Where ``x`` takes a gradient, the whole route, the Frame's gain and offset
+included, is one autograd node (``_Rows``) with a fused backward that reads no value; recorded
+for double backward, that backward is the vector-Jacobian product of the reference formula.
+Where it takes none (data, as in training), the mean and ``1 / std`` are constants and
+autograd records the few operations on gamma and beta itself.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ OFFSET_LIMIT = 32.0
 SHIFTED = 2  # bits of the one value read per forward
 CLAMPED = 1
 OVERFLOW = 4
+GUARDED = 8
 
 
 def kernel_floor(values: Tensor, options: Options) -> float:
@@ -51,24 +55,29 @@ def kernel_floor(values: Tensor, options: Options) -> float:
     return max(options.eps * 2.0**-60, torch.finfo(values.dtype).tiny)
 
 
-def check_code(*checks: tuple[Tensor, float, int]) -> int:
-    """The one host read of a forward: the sum of the ``bit`` of each ``(value, limit, bit)``
-    whose value (a 0-d tensor) is above its limit; a NaN value asks for nothing (a non-finite
-    instance is NaN on every route). The checks: ``SHIFTED`` if some ``|mean| / scale`` times
-    ``max(|gamma'|, 1)`` is above ``OFFSET_LIMIT``, ``CLAMPED`` if some variance is below eps,
-    ``OVERFLOW`` if some scale is past the float range (its outputs become NaN, not 0)."""
-    values = torch.stack([value for value, _, _ in checks])
-    limits, bits = _check_constants(tuple((limit, bit) for _, limit, bit in checks), values.dtype)
-    return int(torch.mul(values > limits, bits).sum())
+def check_code(*checks: tuple[Tensor, float, int, float]) -> int:
+    """The one host read of a forward: the sum of the ``bit`` of each ``(value, limit, bit,
+    side)`` whose value (a 0-d tensor) is past its limit: above it for ``side = 1``, below it
+    for ``side = -1``. A NaN value is past every limit: a batch holding a non-finite instance
+    takes every remedy, so that the other instances stay exact (the non-finite one is NaN on
+    every route). The checks: ``SHIFTED`` if some ``|mean| / scale * max(|gamma'|, 1)`` is
+    above ``OFFSET_LIMIT``, ``CLAMPED`` if some variance is below eps, ``OVERFLOW`` if some
+    scale is past the float range (its outputs become NaN, not 0), ``GUARDED`` if some
+    ``|gamma|`` is below eps."""
+    values = torch.stack([value for value, *_ in checks])
+    limits, sides, bits = _check_constants(tuple(c[1:] for c in checks), values.dtype)
+    return int(torch.where(values.mul_(sides) <= limits, 0, bits).sum())
 
 
 @functools.lru_cache(maxsize=64)
 def _check_constants(
-    pairs: tuple[tuple[float, int], ...], dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """The limits and bits of ``check_code`` as CPU tensors (made once per set of checks)."""
-    limits = torch.tensor([limit for limit, _ in pairs], dtype=dtype)
-    return limits, torch.tensor([bit for _, bit in pairs])
+    checks: tuple[tuple[float, int, float], ...], dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The signed limits, the sides and the bits of ``check_code`` as CPU tensors (made once
+    per set of checks)."""
+    limits = torch.tensor([limit * side for limit, _, side in checks], dtype=dtype)
+    sides = torch.tensor([side for *_, side in checks], dtype=dtype)
+    return limits, sides, torch.tensor([bit for _, bit, _ in checks])
 
 
 def steps(code: int) -> str:
@@ -77,6 +86,7 @@ def steps(code: int) -> str:
         ("+shifted" if code & SHIFTED else "")
         + ("+clamped" if code & CLAMPED else "")
         + ("+overflow" if code & OVERFLOW else "")
+        + ("+guarded" if code & GUARDED else "")
     )
 
 
@@ -119,12 +129,12 @@ def normalize_rows(
     stats_shape = (*shape[:time], 1, *shape[time:-1])  # in layout, time kept with size 1
     weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
     grid = Grid(values.numel() // (channels * shape[-1]), channels, shape[-1], stats_shape)
-    if needs_grad(values, weight, bias):
+    if needs_grad(values):
         y, loc, gain, offset, variance, code = _Rows.apply(  # type: ignore[no-untyped-call]
             values, weight, bias, grid, options
         )
-    else:
-        y, rows, code, _ = _forward(values, weight, bias, grid, options)
+    else:  # autograd records the ops of gamma and beta (their backward is built in)
+        y, rows, code = _forward(values, weight, bias, grid, options)
         loc, gain, offset, variance = (t.view(stats_shape) for t in rows.outputs())
     frame = Frame(layout, loc, variance if statistics else None, gain, offset, dtype)
     return y, frame, steps(int(code))
@@ -163,56 +173,68 @@ def _group_norm(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, grid: Grid, floor: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, mean, rstd)`` of ``native_group_norm`` with one group per row: ``y`` in ``x``'s
-    shape (contiguous), mean and rstd of shape ``(batch, channels)``."""
+    shape (contiguous), mean and rstd of shape ``(batch, channels)``, detached: they depend
+    on ``x`` only, which takes no gradient here or gets it from ``_Rows``."""
     batch, channels, length, _ = grid
-    return torch.native_group_norm(x, weight, bias, batch, channels, length, channels, floor)
+    y, mean, rstd = torch.native_group_norm(
+        x, weight, bias, batch, channels, length, channels, floor
+    )
+    return y, mean.detach(), rstd.detach()
 
 
 def _forward(
     x: Tensor, gamma: Tensor | None, beta: Tensor | None, grid: Grid, options: Options
-) -> tuple[Tensor, Rows, int, bool]:
-    """``(y, rows, code, clamped)`` of ``x`` read as ``grid``: ``y`` in ``x``'s shape, the
-    per-row results, the check code and whether a row's variance is below the eps floor."""
+) -> tuple[Tensor, Rows, int]:
+    """``(y, rows, code)`` of ``x`` read as ``grid``: ``y`` in ``x``'s shape, the per-row
+    results and the check code (``steps``)."""
     eps, clamp = options.eps, options.eps_mode == "clamp"
     floor = kernel_floor(x, options)
-    guarded = None if gamma is None else _reference.guard_gamma(gamma, eps)
-    batch, channels, length, _ = grid
-    y, mean, rstd = _group_norm(x, guarded, beta, grid, floor)
+    # gamma is used as given when no |gamma| is below eps (then gamma' = gamma), which the check
+    # tells; otherwise the pass runs again with the guarded gamma'
+    y, mean, rstd = _group_norm(x, gamma, beta, grid, floor)
     limit = eps**-0.5  # rstd above it: variance below eps
     inverse = rstd.clamp(max=limit) if clamp else rstd
-    offset = torch.linalg.vector_norm(mean * inverse, math.inf)
-    if guarded is not None:
-        offset = offset * torch.linalg.vector_norm(guarded, math.inf).clamp_(min=1)
-    scale = inverse.reciprocal()
-    checks = [(offset, OFFSET_LIMIT, SHIFTED), (scale.amax(), torch.finfo(x.dtype).max, OVERFLOW)]
+    low, high = torch.aminmax(rstd)
+    checks = [(low, torch.finfo(x.dtype).tiny, OVERFLOW, -1.0)]
     if clamp:
-        checks.append((rstd.amax(), limit, CLAMPED))
+        checks.append((high, limit, CLAMPED, 1.0))
+    offset = mean * inverse
+    if gamma is not None:
+        magnitude = gamma.detach().abs()
+        checks.append((magnitude.amin(), eps, GUARDED, -1.0))
+        offset = offset * magnitude.clamp(min=1)  # per row: its variate's max(|gamma'|, 1)
+    checks.append((torch.linalg.vector_norm(offset, math.inf), OFFSET_LIMIT, SHIFTED, 1.0))
     code = check_code(*checks)
+    guarded = gamma
+    if code & GUARDED:
+        guarded = _reference.guard_gamma(gamma, eps)  # type: ignore[arg-type]
     loc, shift = mean, None
     if code & SHIFTED:  # far from 0 for its spread: once more, each row shifted by its mean
         shift = mean
         del y  # free the first output before the second is allocated
-        source = (x.view(batch, channels, length) - shift.unsqueeze(-1)).view(x.shape)
+        rows_x = x.view(grid.batch, grid.channels, grid.length)
+        source = (rows_x - shift.unsqueeze(-1)).view(x.shape)
         y, mean, rstd = _group_norm(source, guarded, beta, grid, floor)
         inverse = rstd.clamp(max=limit) if clamp else rstd
-        scale = inverse.reciprocal()
         loc = shift + mean
+    elif code & GUARDED:
+        del y
+        y, mean, rstd = _group_norm(x, guarded, beta, grid, floor)
+    rows_y = y.view(grid.batch, grid.channels, grid.length)
     if code & CLAMPED:  # rows below the eps floor: rescale from the exact statistics
         ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row
-        rows_y = y.view(batch, channels, length)
         rows_y = (
             rows_y * ratio
             if beta is None
             else torch.addcmul(beta.view(-1, 1) * (1 - ratio), rows_y, ratio)
         )
-        y = rows_y.view(x.shape)
     if code & OVERFLOW:
-        y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), y.view(batch, channels, length))
-        y = y.view(x.shape)
+        rows_y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), rows_y)
+    scale = inverse.reciprocal()
     variance = rstd.pow(-2).sub_(floor)
     gain, offset = _reference.gain_offset(loc, scale, guarded, beta)
     rows = Rows(loc, gain, offset, variance, scale, inverse, shift, mean, guarded)
-    return y, rows, code, bool(code & CLAMPED)
+    return rows_y.view(x.shape), rows, code
 
 
 def _backward(
@@ -222,7 +244,7 @@ def _backward(
     rows: Rows,
     grid: Grid,
     options: Options,
-    clamped: bool,
+    code: int,
     grads: tuple[Tensor | None, ...],
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -233,83 +255,93 @@ def _backward(
     ``offset = loc - beta * gain``, every output's gradient becomes per-row gradients of
     ``loc``, ``scale``, ``gamma'`` and ``beta``; ``x`` gets ``k * dy`` plus the mean's and the
     variance's terms (none with ``detach``). The output's part is the kernel's fused backward
-    unless a row below the eps floor passes gradient to ``x``; then two reductions. Where
-    ``x`` takes no gradient through the statistics (no gradient, or ``detach``), only gamma'
-    and beta collect the per-row terms.
+    unless a row below the eps floor passes gradient to ``x``; then two reductions. With
+    ``detach``, ``x`` takes no gradient through the statistics and only gamma' and beta
+    collect the per-row terms.
     """
     batch, channels, length, _ = grid
-    row_grads = [None if g is None else g.reshape(batch, channels) for g in grads[1:5]]
-    g_loc, g_gain, g_offset, g_variance = row_grads
     g_y = None if grads[0] is None else grads[0].reshape(batch, channels, length)
-    guarded, scale, inverse = rows.guarded, rows.scale, rows.inverse
-    eps, detach = options.eps, options.detach
-    through_statistics = needs[0] and not detach
-    grid_x = x.view(batch, channels, length)
-    source = grid_x if rows.shift is None else grid_x - rows.shift.unsqueeze(-1)  # accurately
-    factor = inverse if guarded is None else guarded * inverse
+    g_loc, g_gain, g_offset, g_variance = (
+        None if g is None else g.reshape(batch, channels) for g in grads[1:5]
+    )
+    guarded, inverse, gain = rows.guarded, rows.inverse, rows.gain
+    through_statistics = needs[0] and not options.detach
+    want_gamma, want_beta = needs[1] and gamma is not None, needs[2] and beta is not None
+    clamped = bool(code & CLAMPED)
+    source = x.view(batch, channels, length)
+    if rows.shift is not None:
+        source = source - rows.shift.unsqueeze(-1)  # as the forward's second pass read it
     grad_x = grad_gamma = grad_beta = None
-    d_loc = d_scale = d_gamma = d_beta = None
+    d_loc, d_scale, d_gamma, d_beta = g_loc, None, None, None  # per row
     if g_y is not None and not (clamped and through_statistics):
         # the output's part in one fused pass: the kernel's own backward, with 1 / scale as
         # its rstd (exact for every row unless a clamped row passes gradient to x)
-        mask = [through_statistics, needs[1] and gamma is not None, needs[2] and beta is not None]
+        mask = [through_statistics, want_gamma, want_beta]
         if any(mask):
             grad_x, grad_gamma, grad_beta = torch.ops.aten.native_group_norm_backward(
                 g_y.contiguous(), source, rows.center, inverse, guarded,
                 batch, channels, length, channels, mask,
             )  # fmt: skip
-        if needs[0] and detach:
-            grad_x = g_y * factor.unsqueeze(-1)
+        if needs[0] and options.detach:
+            grad_x = g_y * _factor(rows).unsqueeze(-1)
     elif g_y is not None:
+        factor = _factor(rows)
         total = g_y.sum(-1)
         moment = (g_y * source).sum(-1) - rows.center * total  # sum over time of dy * (x - loc)
-        d_loc, d_scale = -factor * total, -factor * inverse * moment
-        d_gamma, d_beta = moment * inverse, total
-        grad_x = g_y * factor.unsqueeze(-1) if needs[0] else None
+        d_loc = _plus(d_loc, -factor * total)
+        d_scale, d_gamma, d_beta = -factor * inverse * moment, moment * inverse, total
+        grad_x = g_y * factor.unsqueeze(-1)
     # gain = scale / gamma' and offset = loc - beta * gain
     d_gain = g_gain
     if g_offset is not None:
-        d_loc = g_offset if d_loc is None else d_loc + g_offset
-        term = -g_offset * rows.gain
-        d_beta = term if d_beta is None else d_beta + term
+        d_loc = _plus(d_loc, g_offset)
+        if want_beta:
+            d_beta = _plus(d_beta, -g_offset * gain)
         if beta is not None:
             d_gain = (
                 -g_offset * beta
                 if d_gain is None
                 else torch.addcmul(d_gain, g_offset, beta, value=-1)
             )
-    if d_gain is not None:
+    if d_gain is not None and (through_statistics or want_gamma):
         through_scale = d_gain if guarded is None else d_gain / guarded
-        d_scale = through_scale if d_scale is None else d_scale + through_scale
-        if guarded is not None:
-            term = -through_scale * rows.gain
-            d_gamma = term if d_gamma is None else d_gamma + term
-    statistics_used = any(g is not None for g in (g_loc, g_gain, g_offset, g_variance))
-    if through_statistics and (statistics_used or grad_x is None or clamped):
-        d_loc = g_loc if d_loc is None else d_loc if g_loc is None else d_loc + g_loc
+        d_scale = _plus(d_scale, through_scale)
+        if want_gamma:
+            d_gamma = _plus(d_gamma, -through_scale * gain)
+    used = any(g is not None for g in (g_loc, g_gain, g_offset, g_variance))
+    if through_statistics and (used or grad_x is None or clamped):
         d_variance = g_variance
         if d_scale is not None:
             slope = 0.5 * inverse  # d scale / d variance (0 where the eps clamp holds)
             if options.eps_mode == "clamp":
-                slope = torch.where(rows.variance >= eps, slope, 0)
-            d_variance = d_scale * slope if d_variance is None else d_variance + d_scale * slope
+                slope = torch.where(rows.variance >= options.eps, slope, 0)
+            d_variance = _plus(d_variance, d_scale * slope)
         if d_loc is not None or d_variance is not None:
-            d_loc = torch.zeros_like(scale) if d_loc is None else d_loc
-            d_variance = torch.zeros_like(scale) if d_variance is None else d_variance
+            d_loc = torch.zeros_like(inverse) if d_loc is None else d_loc
+            d_variance = torch.zeros_like(inverse) if d_variance is None else d_variance
             rate = d_variance * (2 / length)  # variance = mean over time of (x - loc)^2
             offset = (d_loc / length - rate * rows.center).unsqueeze(-1)
             base = offset.expand_as(source) if grad_x is None else grad_x + offset
             grad_x = torch.addcmul(base, source, rate.unsqueeze(-1))
     if needs[0]:
         grad_x = torch.zeros_like(x) if grad_x is None else grad_x.view(x.shape)
-    if needs[1] and gamma is not None:
+    if want_gamma:
         if d_gamma is not None:
-            grad_gamma = d_gamma.sum(0) if grad_gamma is None else grad_gamma + d_gamma.sum(0)
-        if grad_gamma is not None:
+            grad_gamma = _plus(grad_gamma, d_gamma.sum(0))
+        if grad_gamma is not None and code & GUARDED:
             grad_gamma = grad_gamma * (guarded == gamma)  # the guard passes no gradient
-    if needs[2] and beta is not None and d_beta is not None:
-        grad_beta = d_beta.sum(0) if grad_beta is None else grad_beta + d_beta.sum(0)
+    if want_beta and d_beta is not None:
+        grad_beta = _plus(grad_beta, d_beta.sum(0))
     return grad_x, grad_gamma, grad_beta
+
+
+def _factor(rows: Rows) -> Tensor:
+    """``k = gamma' / scale`` per row."""
+    return rows.inverse if rows.guarded is None else rows.guarded * rows.inverse
+
+
+def _plus(total: Tensor | None, term: Tensor) -> Tensor:
+    return term if total is None else total + term
 
 
 def _by_ops(
@@ -341,9 +373,9 @@ class _Rows(torch.autograd.Function):
         grid: Grid,
         options: Options,
     ) -> tuple[Tensor, ...]:
-        y, rows, code, clamped = _forward(x, gamma, beta, grid, options)
+        y, rows, code = _forward(x, gamma, beta, grid, options)
         ctx.save_for_backward(x, gamma, beta, *rows)  # type: ignore[arg-type]
-        ctx.grid, ctx.options, ctx.clamped = grid, options, clamped  # type: ignore[attr-defined]
+        ctx.grid, ctx.options, ctx.code = grid, options, code  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
         loc, gain, offset, variance = (t.view(grid.stats_shape) for t in rows.outputs())
         if options.detach:
@@ -358,7 +390,5 @@ class _Rows(torch.autograd.Function):
             outputs = _by_ops(x, gamma, beta, ctx.grid, ctx.options)
             return (*vjp_by_ops(outputs, grads[:5], (x, gamma, beta), needs), None, None)
         rows = Rows(*saved)
-        gradients = _backward(
-            x, gamma, beta, rows, ctx.grid, ctx.options, ctx.clamped, grads, needs
-        )
+        gradients = _backward(x, gamma, beta, rows, ctx.grid, ctx.options, ctx.code, grads, needs)
         return (*gradients, None, None)
