@@ -35,10 +35,10 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from formulas import clone_pair, itransformer_pair, original_pair, revin_fn_pair
-from torch.utils._python_dispatch import TorchDispatchMode
 from train_step import COMPILED, TARGETS, VARIANTS, Step
 
 from revin_fn import backends
+from revin_fn._host_reads import HostReads
 
 FULL_SHAPES = [(32, 7, 96), (32, 7, 336), (32, 321, 336), (16, 862, 720)]
 QUICK_SHAPES = [(4, 3, 16), (2, 5, 24)]
@@ -143,20 +143,6 @@ class Case:
                 ((back.float() - back_ref.float()) / x.float().std()).abs().max().item()
             )
         return found
-
-
-class HostReads(TorchDispatchMode):
-    """Counts the ops that copy a tensor value to the host (``.item()``, ``bool()``, ...)."""
-
-    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.count += func in self.READS
-        return func(*args, **(kwargs or {}))
 
 
 # --- timing ------------------------------------------------------------------------------------

@@ -10,21 +10,10 @@ import json
 import sys
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import revin_fn
 from revin_fn import backends
-
-
-class _HostReads(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
+from revin_fn._host_reads import HostReads
 
 
 def main() -> int:
@@ -44,7 +33,7 @@ def main() -> int:
         optimizer.step()
         return loss
 
-    with backends.record() as routes, _HostReads() as reads:
+    with backends.record() as routes, HostReads() as reads:
         step()
     start = [p.detach().clone() for p in params]
     side = torch.cuda.Stream()

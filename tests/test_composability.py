@@ -11,27 +11,13 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch._dynamo.testing import CompileCounter
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from revin_fn import backends, revin
+from revin_fn._host_reads import HostReads
 
 X = torch.randn(8, 3, 24) * 4 + 10
 GAMMA = torch.tensor([1.5, -0.5, 0.0])
 BETA = torch.tensor([0.1, 0.2, -0.3])
-
-
-class HostReads(TorchDispatchMode):
-    """Counts the ops that copy a tensor value to the host (``.item()``, ``bool()``, ...)."""
-
-    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.count += func in self.READS
-        return func(*args, **(kwargs or {}))
 
 
 def forecast(x: torch.Tensor, gamma: torch.Tensor | None = GAMMA, beta: torch.Tensor | None = BETA):

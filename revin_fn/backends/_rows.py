@@ -23,7 +23,6 @@ autograd records the few operations on gamma and beta itself.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -58,26 +57,18 @@ def kernel_floor(values: Tensor, options: Options) -> float:
 def check_code(*checks: tuple[Tensor, float, int, float]) -> int:
     """The one host read of a forward: the sum of the ``bit`` of each ``(value, limit, bit,
     side)`` whose value (a 0-d tensor) is past its limit: above it for ``side = 1``, below it
-    for ``side = -1``. A NaN value is past every limit: a batch holding a non-finite instance
-    takes every remedy, so that the other instances stay exact (the non-finite one is NaN on
-    every route). The checks: ``SHIFTED`` if some ``|mean| / scale * max(|gamma'|, 1)`` is
-    above ``OFFSET_LIMIT``, ``CLAMPED`` if some variance is below eps, ``OVERFLOW`` if some
-    scale is past the float range (its outputs become NaN, not 0), ``GUARDED`` if some
-    ``|gamma|`` is below eps."""
-    values = torch.stack([value for value, *_ in checks])
-    limits, sides, bits = _check_constants(tuple(c[1:] for c in checks), values.dtype)
-    return int(torch.where(values.mul_(sides) <= limits, 0, bits).sum())
-
-
-@functools.lru_cache(maxsize=64)
-def _check_constants(
-    checks: tuple[tuple[float, int, float], ...], dtype: torch.dtype
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The signed limits, the sides and the bits of ``check_code`` as CPU tensors (made once
-    per set of checks)."""
-    limits = torch.tensor([limit * side for limit, _, side in checks], dtype=dtype)
-    sides = torch.tensor([side for *_, side in checks], dtype=dtype)
-    return limits, sides, torch.tensor([bit for _, bit, _ in checks])
+    for ``side = -1``. The values are stacked and read together. A NaN value is past every
+    limit: a batch holding a non-finite instance takes every remedy, so that the other
+    instances stay exact (the non-finite one is NaN on every route). The checks: ``SHIFTED``
+    if some ``|mean| / scale * max(|gamma'|, 1)`` is above ``OFFSET_LIMIT``, ``CLAMPED`` if
+    some variance is below eps, ``OVERFLOW`` if some scale is past the float range (its
+    outputs become NaN, not 0), ``GUARDED`` if some ``|gamma|`` is below eps."""
+    values = torch.stack([value for value, *_ in checks]).tolist()
+    code = 0
+    for value, (_, limit, bit, side) in zip(values, checks, strict=True):
+        if not value * side <= limit * side:
+            code |= bit
+    return code
 
 
 def steps(code: int) -> str:
