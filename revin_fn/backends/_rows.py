@@ -214,11 +214,10 @@ def _forward(
     rows_y = y.view(grid.batch, grid.channels, grid.length)
     if code & CLAMPED:  # rows below the eps floor: rescale from the exact statistics
         ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row
-        rows_y = (
-            rows_y * ratio
-            if beta is None
-            else torch.addcmul(beta.view(-1, 1) * (1 - ratio), rows_y, ratio)
-        )
+        # in place, a multiply and an add (addcmul is not vectorized with two broadcast operands)
+        rows_y = rows_y.mul_(ratio)
+        if beta is not None:
+            rows_y = rows_y.add_(beta.view(-1, 1) * (1 - ratio))
     if code & OVERFLOW:
         rows_y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), rows_y)
     scale = inverse.reciprocal()
