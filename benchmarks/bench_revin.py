@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from formulas import clone_pair, itransformer_pair, original_pair, revin_fn_pair
 from train_step import COMPILED, TARGETS, VARIANTS, Step
 
-from revin_fn import backends
+from revin_fn import backends, revin
 from revin_fn._host_reads import HostReads
+from revin_fn.demo.tables import load_bundled
 
 FULL_SHAPES = [(32, 7, 96), (32, 7, 336), (32, 321, 336), (16, 862, 720)]
 QUICK_SHAPES = [(4, 3, 16), (2, 5, 24)]
@@ -233,6 +234,44 @@ def step_rows(shapes: list, device: str, timing: tuple, compiled: bool) -> list[
     return rows
 
 
+def near_constant_rows(device: str, timing: tuple, quick: bool) -> list[dict]:
+    """Forward on shuffled batches of real windows, some near-constant (the ETTh2 train rows:
+    about 1% of windows have a variance below eps), against random data of the same shape,
+    mean and std; gamma and beta take gradients, as in training."""
+    length, batch, count = (40, 4, 4) if quick else (336, 32, 64)
+    rows = torch.as_tensor(load_bundled("ETTh2").values, dtype=torch.float32)[:8640]
+    generator = torch.Generator().manual_seed(0)
+    starts = torch.randperm(rows.shape[0] - length + 1, generator=generator)[: batch * count]
+    windows = rows[starts[:, None] + torch.arange(length)]  # (windows, time, variates)
+    noise = torch.randn(windows.shape, generator=generator) * windows.std() + windows.mean()
+    gamma = torch.ones(windows.shape[-1], device=device, requires_grad=True)
+    beta = torch.zeros(windows.shape[-1], device=device, requires_grad=True)
+    result = []
+    for pattern in LAYOUTS:
+        data = {}
+        for name, source in (("ETTh2", windows), ("random", noise)):
+            laid = source if pattern == "b t v" else source.transpose(1, 2)
+            data[name] = [b.contiguous().to(device) for b in laid.split(batch)]
+
+        def runner(batches: list[Tensor], pattern: str = pattern) -> Callable[[], None]:
+            def forward() -> None:
+                for x in batches:
+                    revin(x, gamma, beta, pattern=pattern, return_statistics=True)
+
+            return forward
+
+        with backends.record() as calls:
+            runner(data["ETTh2"])()
+        routes: dict[str, int] = {}
+        for _, route in calls:
+            routes[route] = routes.get(route, 0) + 1
+        medians = time_runners({name: runner(b) for name, b in data.items()}, device, *timing)
+        ms = {name: value / count * 1e3 for name, value in medians.items()}
+        result.append({"layout": pattern, "shape": list(data["ETTh2"][0].shape), "ms": ms,
+                       "ratio": ms["ETTh2"] / ms["random"], "routes": routes})  # fmt: skip
+    return result
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -243,6 +282,7 @@ def run(quick: bool, compiled: bool, device: str) -> dict[str, Any]:
     steps = QUICK_STEP_SHAPES if quick else STEP_SHAPES
     result["steps"] = step_rows(steps, device, timing, compiled)
     result["rows"] = micro_rows(QUICK_SHAPES if quick else FULL_SHAPES, device, timing)
+    result["near_constant"] = near_constant_rows(device, timing, quick)
     return result
 
 
@@ -314,6 +354,13 @@ def table(result: dict[str, Any]) -> str:
             other = by_case[shape, "b v t", dtype]["ms"]["revin_fn"]
             ratios = ", ".join(f"{op} {row['ms']['revin_fn'][op] / other[op]:.2f}" for op in OPS)
             lines.append(f"  {shape}: {ratios}")
+    lines += ["", "forward on shuffled ETTh2 batches (near-constant windows) against random data:"]
+    for row in result["near_constant"]:
+        lines.append(
+            f"  {tuple(row['shape'])} {row['layout']}: ETTh2 {row['ms']['ETTh2']:.3f} ms, "
+            f"random {row['ms']['random']:.3f} ms per batch, ratio {row['ratio']:.2f}; routes "
+            + ", ".join(f"{route} {n}" for route, n in row["routes"].items())
+        )
     lines.append("")
     for dtype in ("float32", "bfloat16"):
         worst: dict[str, float] = {}

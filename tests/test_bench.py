@@ -49,3 +49,9 @@ def test_quick_benchmark_runs_and_matches_the_reference_formulas(
     for row in result["steps"]:
         assert set(row["ms"]["eager"]) == labels and all(v > 0 for v in row["ms"]["eager"].values())
         assert set(row["cost_ratio"]) == {f"{a} / {b}" for a, b in bench.TARGETS}
+    # the near-constant table: real windows that take the eps remedies, against random data
+    assert {row["layout"] for row in result["near_constant"]} == set(bench.LAYOUTS)
+    for row in result["near_constant"]:
+        assert all(value > 0 for value in row["ms"].values()) and row["ratio"] > 0
+        assert any("+clamped" in route for route in row["routes"]), row["routes"]
+    assert "near-constant windows" in printed
