@@ -28,9 +28,12 @@ def forecast(x: torch.Tensor, gamma: torch.Tensor | None = GAMMA, beta: torch.Te
 @pytest.mark.parametrize("pattern", ["b v t", "b t v"])
 @pytest.mark.parametrize("offset", [0.0, 1e5])  # the second takes the shifted pass
 @pytest.mark.parametrize("spread", [1.0, 1e-4])  # the second needs the eps clamp
-def test_host_reads_per_forward_reverse_backward(pattern: str, offset: float, spread: float):
+@pytest.mark.parametrize("x_grad", [True, False])  # data, as in training, takes no gradient
+def test_host_reads_per_forward_reverse_backward(
+    pattern: str, offset: float, spread: float, x_grad: bool
+):
     shape = (8, 3, 24) if pattern == "b v t" else (8, 24, 3)
-    x = (torch.randn(shape) * spread + offset).requires_grad_()
+    x = (torch.randn(shape) * spread + offset).requires_grad_(x_grad)
     gamma, beta = GAMMA.clone().requires_grad_(), BETA.clone().requires_grad_()
     with HostReads() as forward:
         y, reverse_fn = revin(x, gamma, beta, pattern=pattern)
