@@ -116,6 +116,7 @@ def test_past_the_float32_range_the_native_backend_gives_nan_not_zeros(pattern, 
         y, reverse_fn = revin(x, pattern=pattern)
     assert calls[0] == ("native", route + "+overflow")
     assert y[1:].isnan().all() and reverse_fn(y)[1:].isnan().all()
+    assert reverse_fn(torch.ones_like(y))[1:].isnan().all()  # any output, not only y
     with revin_fn.backends.use("reference"):
         expected, _ = revin(x[:1], pattern=pattern)
     torch.testing.assert_close(y[:1], expected, atol=1e-5, rtol=1e-5)
@@ -152,3 +153,19 @@ def test_a_non_finite_instance_leaves_the_others_exact(pattern):
     nan = y64.isnan()
     assert torch.equal(y.isnan(), nan) and nan.any()
     assert (y.double() - y64)[~nan].abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("eps_mode", ["clamp", "add"])
+def test_a_constant_instance_has_variance_zero_never_below(eps_mode):
+    x = torch.randn(4, 3, 8)
+    x[1, 2] = 2.5
+    _, _, stats = revin(x, eps=3e-5, eps_mode=eps_mode, return_statistics=True)
+    assert (stats.variance >= 0).all() and stats.variance[1, 2].abs().item() < 1e-10
+
+
+def test_the_guard_passes_no_gradient_even_from_an_infinite_one():
+    gamma = torch.tensor([0.0, 1.0], requires_grad=True)
+    x = torch.randn(1, 2, 8, requires_grad=True)
+    _, reverse_fn = revin(x, gamma)
+    (reverse_fn(torch.ones(1, 2, 4)) * 1e34).sum().backward()
+    assert gamma.grad is not None and gamma.grad[0].item() == 0.0

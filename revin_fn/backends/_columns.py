@@ -63,8 +63,9 @@ def normalize_columns(
         del y
         y, mean, variance, scale = _attempt(values - shift, gamma, beta, layout.time, options)
         loc = shift + mean
-    if code & OVERFLOW:  # a scale past the float range: NaN, not 0
-        y = torch.where(scale.isinf(), float("nan"), y)
+    if code & OVERFLOW:  # a scale past the float range: NaN, not 0, and a NaN reverse
+        scale = torch.where(scale.isinf(), float("nan"), scale)
+        y = torch.where(scale.isnan(), float("nan"), y)
     return y, _reference.make_frame(layout, loc, variance, scale, gamma, beta, dtype), steps(code)
 
 

@@ -221,7 +221,9 @@ def _forward(
     if code & OVERFLOW:
         rows_y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), rows_y)
     scale = inverse.reciprocal()
-    variance = rstd.pow(-2).sub_(floor)
+    if code & OVERFLOW:  # the reverse of such an instance is NaN too, as on the reference
+        scale = torch.where(rstd == 0, float("nan"), scale)
+    variance = rstd.pow(-2).sub_(floor).clamp_(min=0)  # never below 0 from the subtraction
     gain, offset = _reference.gain_offset(loc, scale, guarded, beta)
     rows = Rows(loc, gain, offset, variance, scale, inverse, shift, mean, guarded)
     return rows_y.view(x.shape), rows, code
@@ -318,8 +320,8 @@ def _backward(
     if want_gamma:
         if d_gamma is not None:
             grad_gamma = _plus(grad_gamma, d_gamma.sum(0))
-        if grad_gamma is not None and code & GUARDED:
-            grad_gamma = grad_gamma * (guarded == gamma)  # the guard passes no gradient
+        if grad_gamma is not None and gamma is not None and code & GUARDED:
+            grad_gamma = torch.where(gamma.abs() >= options.eps, grad_gamma, 0)  # the guard: none
     if want_beta and d_beta is not None:
         grad_beta = _plus(grad_beta, d_beta.sum(0))
     return grad_x, grad_gamma, grad_beta
