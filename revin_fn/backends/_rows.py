@@ -320,8 +320,9 @@ def _backward(
     if want_gamma:
         if d_gamma is not None:
             grad_gamma = _plus(grad_gamma, d_gamma.sum(0))
-        if grad_gamma is not None and gamma is not None and code & GUARDED:
-            grad_gamma = torch.where(gamma.abs() >= options.eps, grad_gamma, 0)  # the guard: none
+        if grad_gamma is not None and code & GUARDED:
+            assert gamma is not None and guarded is not None  # gamma' where some |gamma| < eps
+            grad_gamma = torch.where(guarded == gamma, grad_gamma, 0)  # the guard passes none
     if want_beta and d_beta is not None:
         grad_beta = _plus(grad_beta, d_beta.sum(0))
     return grad_x, grad_gamma, grad_beta
