@@ -137,6 +137,31 @@ def test_route_equals_reference(backend, route, pattern, sizes, offset, spread, 
     assert_as_accurate_as_reference(fast, ref, truth, abs(offset) / spread)
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("x_grad", [False, True])
+@pytest.mark.parametrize("guarded", [False, True])
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize(("pattern", "route"), [("b v t", "rows"), ("b t v", "moved rows")])
+def test_constant_rows_far_from_zero_are_exact(backend, pattern, route, detach, guarded, x_grad):
+    """Constant stretches, as in real series, among ordinary windows: the constant rows' output
+    is beta exactly. Without a gradient for x (training) they take no second pass."""
+    x, gamma, beta = make_input(pattern, (4, 3, 40), 3.0, 1.0, guarded)
+    axis = pattern.split().index("b")
+    x.narrow(axis, 1, 1).fill_(1e3)  # a constant window, 1e3 / sqrt(eps) from 0
+    x.narrow(axis, 2, 1).fill_(-250.5)
+    options = {"pattern": pattern, "eps_mode": "clamp", "detach": detach, "x_grad": x_grad}
+    fast, calls = run(backend, x, gamma, beta, **options)
+    ref, _ = run("reference", x, gamma, beta, **options)
+    truth, _ = run("reference", *(t.double() for t in (x, gamma, beta)), **options)
+    expected = route + ("+shifted" if x_grad else "") + "+clamped" + ("+guarded" * guarded)
+    assert calls[0] == (backend, expected)
+    assert_as_accurate_as_reference(fast, ref, truth, 3.0)  # the ordinary rows
+    view = beta.view(-1, 1) if pattern == "b v t" else beta
+    for index in (1, 2):
+        assert torch.equal(fast["y"].narrow(axis, index, 1).squeeze(axis), view.expand_as(
+            fast["y"].narrow(axis, index, 1).squeeze(axis)))  # fmt: skip
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     pattern=st.sampled_from(["b v t", "b t v", "v t", "b c v t"]),

@@ -11,6 +11,9 @@ read of a combined check settles both:
 - ``eps_mode="clamp"``: the kernel adds a negligible floor instead of clamping, so rows whose
   variance is below ``eps`` are rescaled from the pass's exact statistics,
   ``y = beta + (y - beta) * kernel_scale / scale`` (one element-wise pass, no recomputation).
+  A constant row (variance 0: its ``1 / std`` is the floor's) is rescaled by 0, so its output
+  is ``beta`` exactly whatever its offset; where ``x`` takes no gradient such rows are left out
+  of the offset check, so that the constant stretches of real series take no second pass.
 
 The kernel takes gamma as given (then gamma' = gamma) unless the same check finds some
 ``|gamma|`` below eps; then the pass runs again with the guarded gamma'. Neither remedy reads a
@@ -52,6 +55,14 @@ def kernel_floor(values: Tensor, options: Options) -> float:
     if options.eps_mode == "add":
         return options.eps
     return max(options.eps * 2.0**-60, torch.finfo(values.dtype).tiny)
+
+
+def constant_rstd(floor: float) -> float:
+    """The kernel's ``1 / std`` at or above which a row counts as constant (``"clamp"``): its
+    variance is at most ``floor / 512``, so its std over ``sqrt(eps)`` is below 1e-10 at the
+    default eps and beta is its output to far below rounding; the margin absorbs the kernel's
+    rounding of ``1 / sqrt(floor)``."""
+    return float(floor**-0.5) * (1 - 2.0**-10)
 
 
 def check_code(*checks: tuple[Tensor, float, int, float]) -> int:
@@ -125,7 +136,7 @@ def normalize_rows(
             values, weight, bias, grid, options
         )
     else:  # autograd records the ops of gamma and beta (their backward is built in)
-        y, rows, code = _forward(values, weight, bias, grid, options)
+        y, rows, code = _forward(values, weight, bias, grid, options, constants_exact=True)
         loc, gain, offset, variance = (t.view(stats_shape) for t in rows.outputs())
     frame = Frame(layout, loc, variance if statistics else None, gain, offset, dtype)
     return y, frame, steps(int(code))
@@ -174,12 +185,20 @@ def _group_norm(
 
 
 def _forward(
-    x: Tensor, gamma: Tensor | None, beta: Tensor | None, grid: Grid, options: Options
+    x: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    grid: Grid,
+    options: Options,
+    constants_exact: bool = False,
 ) -> tuple[Tensor, Rows, int]:
     """``(y, rows, code)`` of ``x`` read as ``grid``: ``y`` in ``x``'s shape, the per-row
-    results and the check code (``steps``)."""
+    results and the check code (``steps``). ``constants_exact``: constant rows are left out of
+    the offset check (their output is exact); only where ``x`` takes no gradient, as the fused
+    backward's ``x * dy`` sums round at the size of the offset."""
     eps, clamp = options.eps, options.eps_mode == "clamp"
     floor = kernel_floor(x, options)
+    constant = constant_rstd(floor)
     # gamma is used as given when no |gamma| is below eps (then gamma' = gamma), which the check
     # tells; otherwise the pass runs again with the guarded gamma'
     y, mean, rstd = _group_norm(x, gamma, beta, grid, floor)
@@ -190,6 +209,8 @@ def _forward(
     if clamp:
         checks.append((high, limit, CLAMPED, 1.0))
     offset = mean * inverse
+    if clamp and constants_exact:  # a constant row's output is beta whatever its offset
+        offset.masked_fill_(rstd >= constant, 0)
     if gamma is not None:
         magnitude = gamma.detach().abs()
         checks.append((magnitude.amin(), eps, GUARDED, -1.0))
@@ -213,7 +234,8 @@ def _forward(
         y, mean, rstd = _group_norm(x, guarded, beta, grid, floor)
     rows_y = y.view(grid.batch, grid.channels, grid.length)
     if code & CLAMPED:  # rows below the eps floor: rescale from the exact statistics
-        ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row
+        # 1 for every other row; 0 for a constant one (its output is beta, exactly)
+        ratio = (inverse / rstd).masked_fill_(rstd >= constant, 0).unsqueeze(-1)
         # in place, a multiply and an add (addcmul is not vectorized with two broadcast operands)
         rows_y = rows_y.mul_(ratio)
         if beta is not None:
