@@ -162,6 +162,33 @@ def test_constant_rows_far_from_zero_are_exact(backend, pattern, route, detach, 
             fast["y"].narrow(axis, index, 1).squeeze(axis)))  # fmt: skip
 
 
+def requires_grad_pattern(backend: str, x, gamma, beta, pattern: str, detach: bool) -> dict:
+    with backends.use(backend), backends.record() as calls:
+        y, reverse_fn, stats = revin(x, gamma, beta, pattern=pattern, detach=detach,
+                                     return_statistics=True)  # fmt: skip
+        plain = reverse_fn(torch.zeros_like(y).requires_grad_(False))
+    flags = {"y": y, "mean": stats.mean, "variance": stats.variance, "reverse": plain}
+    return {"route": calls[0][1], **{k: t.requires_grad for k, t in flags.items()}}
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("leaves", ["x", "gamma", "beta", "x gamma beta"])
+@pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), ROUTES, ids=ROUTE_IDS)
+def test_outputs_take_gradients_where_the_reference_does(backend, route, pattern, sizes, offset,
+                                                         spread, leaves, detach):  # fmt: skip
+    """A statistic or a reverse that depends on no input taking a gradient takes none."""
+    x, gamma, beta = make_input(pattern, sizes, offset, spread, guarded=False)
+    inputs = {"x": x, "gamma": gamma, "beta": beta}
+    for name in leaves.split():
+        inputs[name].requires_grad_()
+    fast = requires_grad_pattern(backend, x, gamma, beta, pattern, detach)
+    ref = requires_grad_pattern("reference", x, gamma, beta, pattern, detach)
+    assert fast.pop("route").startswith(route.split("+")[0])
+    ref.pop("route")
+    assert fast == ref
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     pattern=st.sampled_from(["b v t", "b t v", "v t", "b c v t"]),

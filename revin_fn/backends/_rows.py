@@ -393,8 +393,10 @@ class _Rows(torch.autograd.Function):
         ctx.grid, ctx.options, ctx.code = grid, options, code  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
         loc, gain, offset, variance = (t.view(grid.stats_shape) for t in rows.outputs())
-        if options.detach:
-            ctx.mark_non_differentiable(loc, variance)
+        if options.detach:  # the statistics take no gradient; gain and offset only gamma's, beta's
+            _, need_gamma, need_beta = ctx.needs_input_grad[:3]
+            constants = (gain,) * (not need_gamma) + (offset,) * (not (need_gamma or need_beta))
+            ctx.mark_non_differentiable(loc, variance, *constants)
         return y, loc, gain, offset, variance, code  # type: ignore[return-value]
 
     @staticmethod
