@@ -114,7 +114,7 @@ class _ColumnNorm(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.time, ctx.options = time, options  # type: ignore[attr-defined]
         ctx.beta_shape = None if beta is None else beta.shape  # type: ignore[attr-defined]
-        if options.detach or not ctx.needs_input_grad[0]:  # statistics of x only
+        if options.detach or not ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
             ctx.mark_non_differentiable(mean, variance)
         return y, mean, variance
 

@@ -394,7 +394,7 @@ class _Rows(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         loc, gain, offset, variance = (t.view(grid.stats_shape) for t in rows.outputs())
         if options.detach:  # the statistics take no gradient; gain and offset only gamma's, beta's
-            _, need_gamma, need_beta = ctx.needs_input_grad[:3]
+            _, need_gamma, need_beta = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
             constants = (gain,) * (not need_gamma) + (offset,) * (not (need_gamma or need_beta))
             ctx.mark_non_differentiable(loc, variance, *constants)
         return y, loc, gain, offset, variance, code  # type: ignore[return-value]
