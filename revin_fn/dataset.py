@@ -45,9 +45,10 @@ def adapt(
             (a DataLoader, a list of arrays): tensors, arrays or DataFrames, or tuples/lists
             whose first element is ``x``.
         pattern: layout of each batch. Default: ``"b v t"``.
-        mask: bool tensor (True = observed; only with a tensor ``data``) or ``"nan"``
-            (NaN = missing, works for batches). Default: everything observed; then data
-            holding NaN (or inf) raises :class:`RevINError` instead of giving NaN statistics.
+        mask: bool tensor (True = observed; only with a tensor ``data``; shaped as ``data``
+            without its variate axis, it applies to every variate, as in ``revin``) or
+            ``"nan"`` (NaN = missing, works for batches). Default: everything observed; then
+            data holding NaN (or inf) raises :class:`RevINError` instead of NaN statistics.
         progress: print progress lines to stderr. Default: ``False``.
         distributed: merge the moments of all ranks with ``all_reduce`` so that every rank
             gets the statistics of the whole (sharded) dataset; every rank must call
@@ -64,8 +65,9 @@ def adapt(
     batches = values = 0
     try:
         data = _as_data(data, pattern)
-        if isinstance(data, Tensor) and isinstance(mask, Tensor):
-            mask = _observed(mask, _check_tensor("data", data))  # checked and expanded once
+        if isinstance(data, Tensor) and isinstance(mask, Tensor):  # checked, expanded once
+            data = _check_tensor("data", data)
+            mask = _observed(mask, data, parse(pattern, data.ndim))
         pairs, total = _moments.batches(data, mask, pattern)
         report = _moments.Progress(progress, total)
         for batch, batch_mask in pairs:

@@ -81,6 +81,17 @@ def test_bool_mask_and_never_observed_variate():
     assert stats.mean[2] == 0 and stats.variance[2] == 1
 
 
+def test_a_mask_without_the_variate_axis_applies_to_every_variate():
+    x = dataset(n=12, v=3, t=12).transpose(1, 2).contiguous()  # b t v, with B == T == 12
+    steps = torch.rand(12, 12) > 0.3  # (B, T), as revin takes it under "b t v"
+    whole = adapt(x, pattern="b t v", mask=steps.unsqueeze(-1).expand_as(x))
+    for stats in (adapt(x, pattern="b t v", mask=steps),
+                  Normalization(3, pattern="b t v").adapt(x, mask=steps)):  # fmt: skip
+        torch.testing.assert_close(stats.mean, whole.mean)
+        torch.testing.assert_close(stats.variance, whole.variance)
+    assert not torch.allclose(whole.mean, adapt(x, pattern="b t v").mean)  # the mask matters
+
+
 @pytest.mark.parametrize("pattern", ["b t v", "v b t", "b v t"])
 def test_one_tensor_is_chunked_along_a_non_variate_axis(monkeypatch, pattern):
     monkeypatch.setattr(moments, "CHUNK", 500)
