@@ -109,11 +109,13 @@ def assert_as_accurate_as_reference(fast: dict, ref: dict, truth: dict, conditio
 @pytest.mark.parametrize(
     ("affine", "x_grad", "guarded"),
     [
-        (True, True, True),
-        (True, True, False),
-        (True, False, True),
-        (True, False, False),
-        (False, True, False),
+        ("both", True, True),
+        ("both", True, False),
+        ("both", False, True),
+        ("both", False, False),
+        ("none", True, False),
+        ("beta", True, False),
+        ("beta", False, False),
     ],
 )
 @pytest.mark.parametrize("detach", [False, True])
@@ -122,8 +124,8 @@ def assert_as_accurate_as_reference(fast: dict, ref: dict, truth: dict, conditio
 def test_route_equals_reference(backend, route, pattern, sizes, offset, spread, eps_mode, detach,
                                 affine, x_grad, guarded):  # fmt: skip
     x, gamma, beta = make_input(pattern, sizes, offset, spread, guarded)
-    if not affine:
-        gamma = beta = None
+    if affine != "both":  # "beta": a bias without a gain
+        gamma, beta = None, (beta if affine == "beta" else None)
     options = {"pattern": pattern, "eps_mode": eps_mode, "detach": detach, "x_grad": x_grad}
     fast, calls = run(backend, x, gamma, beta, **options)
     ref, ref_calls = run("reference", x, gamma, beta, **options)
@@ -144,7 +146,8 @@ def test_route_equals_reference(backend, route, pattern, sizes, offset, spread, 
 @pytest.mark.parametrize(("pattern", "route"), [("b v t", "rows"), ("b t v", "moved rows")])
 def test_constant_rows_far_from_zero_are_exact(backend, pattern, route, detach, guarded, x_grad):
     """Constant stretches, as in real series, among ordinary windows: the constant rows' output
-    is beta exactly. Without a gradient for x (training) they take no second pass."""
+    is beta exactly (they take the shifted pass: the kernel cannot tell them from rows a few
+    ulps wide, whose output is not beta)."""
     x, gamma, beta = make_input(pattern, (4, 3, 40), 3.0, 1.0, guarded)
     axis = pattern.split().index("b")
     x.narrow(axis, 1, 1).fill_(1e3)  # a constant window, 1e3 / sqrt(eps) from 0
@@ -153,13 +156,33 @@ def test_constant_rows_far_from_zero_are_exact(backend, pattern, route, detach, 
     fast, calls = run(backend, x, gamma, beta, **options)
     ref, _ = run("reference", x, gamma, beta, **options)
     truth, _ = run("reference", *(t.double() for t in (x, gamma, beta)), **options)
-    expected = route + ("+shifted" if x_grad else "") + "+clamped" + ("+guarded" * guarded)
-    assert calls[0] == (backend, expected)
-    assert_as_accurate_as_reference(fast, ref, truth, 3.0)  # the ordinary rows
+    assert calls[0] == (backend, route + "+shifted+clamped" + "+guarded" * guarded)
+    assert_as_accurate_as_reference(fast, ref, truth, 3.0)  # the ordinary rows' offset
     view = beta.view(-1, 1) if pattern == "b v t" else beta
     for index in (1, 2):
-        assert torch.equal(fast["y"].narrow(axis, index, 1).squeeze(axis), view.expand_as(
-            fast["y"].narrow(axis, index, 1).squeeze(axis)))  # fmt: skip
+        constant = fast["y"].narrow(axis, index, 1).squeeze(axis)
+        assert torch.equal(constant, view.expand_as(constant))
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize(
+    ("values", "eps"),
+    [
+        ([1e4] * 39 + [1.0000001e4], 1e-5),  # one ulp wide, far from 0: the kernel's variance is 0
+        ([4e-21, -4e-21] * 4, 1e-30),  # below the kernel's floor (the smallest normal float)
+    ],
+    ids=["one-ulp-wide", "below-the-floor"],
+)
+def test_rows_the_kernel_sees_as_constant_are_not_taken_for_constant(backend, values, eps):
+    x = torch.tensor(values, dtype=torch.float32).view(1, 1, -1)
+    truth = revin(x.double(), pattern="b v t", eps=eps)[0]
+    with backends.use("reference"):
+        ref = revin(x, pattern="b v t", eps=eps)[0]
+    with backends.use(backend):
+        fast = revin(x, pattern="b v t", eps=eps)[0]
+    assert truth.abs().max() > 1e-6  # not beta (0): the rows are not constant
+    error, ref_error = ((fast - truth).abs().max().item(), (ref - truth).abs().max().item())
+    assert error <= 4 * ref_error + 1e-9, f"{error:.2e} against {ref_error:.2e}"
 
 
 def requires_grad_pattern(backend: str, x, gamma, beta, pattern: str, detach: bool) -> dict:

@@ -11,9 +11,6 @@ read of a combined check settles both:
 - ``eps_mode="clamp"``: the kernel adds a negligible floor instead of clamping, so rows whose
   variance is below ``eps`` are rescaled from the pass's exact statistics,
   ``y = beta + (y - beta) * kernel_scale / scale`` (one element-wise pass, no recomputation).
-  A constant row (variance 0: its ``1 / std`` is the floor's) is rescaled by 0, so its output
-  is ``beta`` exactly whatever its offset; where ``x`` takes no gradient such rows are left out
-  of the offset check, so that the constant stretches of real series take no second pass.
 
 The kernel takes gamma as given (then gamma' = gamma) unless the same check finds some
 ``|gamma|`` below eps; then the pass runs again with the guarded gamma'. Neither remedy reads a
@@ -55,14 +52,6 @@ def kernel_floor(values: Tensor, options: Options) -> float:
     if options.eps_mode == "add":
         return options.eps
     return max(options.eps * 2.0**-60, torch.finfo(values.dtype).tiny)
-
-
-def constant_rstd(floor: float) -> float:
-    """The kernel's ``1 / std`` at or above which a row counts as constant (``"clamp"``): its
-    variance is at most ``floor / 512``, so its std over ``sqrt(eps)`` is below 1e-10 at the
-    default eps and beta is its output to far below rounding; the margin absorbs the kernel's
-    rounding of ``1 / sqrt(floor)``."""
-    return float(floor**-0.5) * (1 - 2.0**-10)
 
 
 def check_code(*checks: tuple[Tensor, float, int, float]) -> int:
@@ -136,7 +125,7 @@ def normalize_rows(
             values, weight, bias, grid, options
         )
     else:  # autograd records the ops of gamma and beta (their backward is built in)
-        y, rows, code = _forward(values, weight, bias, grid, options, constants_exact=True)
+        y, rows, code = _forward(values, weight, bias, grid, options)
         loc, gain, offset, variance = (t.view(stats_shape) for t in rows.outputs())
     frame = Frame(layout, loc, variance if statistics else None, gain, offset, dtype)
     return y, frame, steps(int(code))
@@ -179,26 +168,24 @@ def _group_norm(
     on ``x`` only, which takes no gradient here or gets it from ``_Rows``."""
     batch, channels, length, _ = grid
     y, mean, rstd = torch.native_group_norm(
-        x, weight, bias, batch, channels, length, channels, floor
+        x, _unit_weight(weight, bias), bias, batch, channels, length, channels, floor
     )
     return y, mean.detach(), rstd.detach()
 
 
+def _unit_weight(weight: Tensor | None, bias: Tensor | None) -> Tensor | None:
+    """``weight``, or ones where there is a bias without one: the kernel's backward cannot give
+    the bias a gradient without a weight."""
+    return torch.ones_like(bias) if weight is None and bias is not None else weight
+
+
 def _forward(
-    x: Tensor,
-    gamma: Tensor | None,
-    beta: Tensor | None,
-    grid: Grid,
-    options: Options,
-    constants_exact: bool = False,
+    x: Tensor, gamma: Tensor | None, beta: Tensor | None, grid: Grid, options: Options
 ) -> tuple[Tensor, Rows, int]:
     """``(y, rows, code)`` of ``x`` read as ``grid``: ``y`` in ``x``'s shape, the per-row
-    results and the check code (``steps``). ``constants_exact``: constant rows are left out of
-    the offset check (their output is exact); only where ``x`` takes no gradient, as the fused
-    backward's ``x * dy`` sums round at the size of the offset."""
+    results and the check code (``steps``)."""
     eps, clamp = options.eps, options.eps_mode == "clamp"
     floor = kernel_floor(x, options)
-    constant = constant_rstd(floor)
     # gamma is used as given when no |gamma| is below eps (then gamma' = gamma), which the check
     # tells; otherwise the pass runs again with the guarded gamma'
     y, mean, rstd = _group_norm(x, gamma, beta, grid, floor)
@@ -209,8 +196,6 @@ def _forward(
     if clamp:
         checks.append((high, limit, CLAMPED, 1.0))
     offset = mean * inverse
-    if clamp and constants_exact:  # a constant row's output is beta whatever its offset
-        offset.masked_fill_(rstd >= constant, 0)
     if gamma is not None:
         magnitude = gamma.detach().abs()
         checks.append((magnitude.amin(), eps, GUARDED, -1.0))
@@ -234,8 +219,7 @@ def _forward(
         y, mean, rstd = _group_norm(x, guarded, beta, grid, floor)
     rows_y = y.view(grid.batch, grid.channels, grid.length)
     if code & CLAMPED:  # rows below the eps floor: rescale from the exact statistics
-        # 1 for every other row; 0 for a constant one (its output is beta, exactly)
-        ratio = (inverse / rstd).masked_fill_(rstd >= constant, 0).unsqueeze(-1)
+        ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row
         # in place, a multiply and an add (addcmul is not vectorized with two broadcast operands)
         rows_y = rows_y.mul_(ratio)
         if beta is not None:
@@ -293,7 +277,7 @@ def _backward(
         mask = [through_statistics, want_gamma, want_beta]
         if any(mask):
             grad_x, grad_gamma, grad_beta = torch.ops.aten.native_group_norm_backward(
-                g_y.contiguous(), source, rows.center, inverse, guarded,
+                g_y.contiguous(), source, rows.center, inverse, _unit_weight(guarded, beta),
                 batch, channels, length, channels, mask,
             )  # fmt: skip
         if needs[0] and options.detach:
