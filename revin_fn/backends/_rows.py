@@ -5,9 +5,12 @@ Every instance is a row of shape ``(time,)`` (time last, or moved last by the ca
 yields each row's mean and ``1 / std``. Two things can make that pass inexact, and one host
 read of a combined check settles both:
 
-- the kernel writes ``x * a + c``, which rounds at the size of the offset ``|mean| / scale``
-  (times the variate's ``max(|gamma|, 1)``); above ``OFFSET_LIMIT`` every row is normalized
-  once more after subtracting its first-pass mean;
+- the kernel writes ``x * a + c``, which rounds at the size of the offset ``|mean| / std``
+  (times the variate's ``max(|gamma|, 1)``), and the backward's sums ``sum(x * dy) - mean *
+  sum(dy)`` cancel at the same relative size; above ``OFFSET_LIMIT`` every row is normalized
+  once more after subtracting its first-pass mean. The offset is in the row's own spreads even
+  where the eps clamp holds: a row a few ulps wide 1 sqrt(eps) from 0 has a tiny output but
+  gradient terms that cancel at 1e7 of its spreads;
 - ``eps_mode="clamp"``: the kernel adds a negligible floor instead of clamping, so rows whose
   variance is below ``eps`` are rescaled from the pass's exact statistics,
   ``y = beta + (y - beta) * kernel_scale / scale`` (one element-wise pass, no recomputation).
@@ -36,7 +39,7 @@ from .._patterns import Layout
 from .._reference import Frame
 from ._group_norm import needs_grad, vjp_by_ops
 
-# Largest |mean| / scale * max(|gamma'|, 1) normalized in a single pass: the fused output
+# Largest |mean| / std * max(|gamma'|, 1) normalized in a single pass: the fused output
 # x * a + c rounds at the size of the offset, about 6e-6 against float64 at 30 and 2e-5 at 100
 # (docs/design.md), so 32 keeps the 1e-5 guarantee. Shared by the column route.
 OFFSET_LIMIT = 32.0
@@ -60,7 +63,7 @@ def check_code(*checks: tuple[Tensor, float, int, float]) -> int:
     for ``side = -1``. The values are stacked and read together. A NaN value is past every
     limit: a batch holding a non-finite instance takes every remedy, so that the other
     instances stay exact (the non-finite one is NaN on every route). The checks: ``SHIFTED``
-    if some ``|mean| / scale * max(|gamma'|, 1)`` is above ``OFFSET_LIMIT``, ``CLAMPED`` if
+    if some ``|mean| / std * max(|gamma'|, 1)`` is above ``OFFSET_LIMIT``, ``CLAMPED`` if
     some variance is below eps, ``OVERFLOW`` if some scale is past the float range (its
     outputs become NaN, not 0), ``GUARDED`` if some ``|gamma|`` is below eps."""
     values = torch.stack([value for value, *_ in checks]).tolist()
@@ -195,7 +198,10 @@ def _forward(
     checks = [(low, torch.finfo(x.dtype).tiny, OVERFLOW, -1.0)]
     if clamp:
         checks.append((high, limit, CLAMPED, 1.0))
-    offset = mean * inverse
+    # the offset in the row's own spreads; with "add" the kernel's 1 / std is 1 / sqrt(var + eps),
+    # so 1 / std comes from the variance (its rounding, about 1e-7 eps, moves no row past 32)
+    own = rstd if clamp else rstd.pow(-2).sub_(floor).clamp_(min=torch.finfo(x.dtype).tiny).rsqrt_()
+    offset = mean * own
     if gamma is not None:
         magnitude = gamma.detach().abs()
         checks.append((magnitude.amin(), eps, GUARDED, -1.0))
