@@ -198,9 +198,10 @@ def _forward(
     checks = [(low, torch.finfo(x.dtype).tiny, OVERFLOW, -1.0)]
     if clamp:
         checks.append((high, limit, CLAMPED, 1.0))
+    variance = _variance(rstd, floor)
     # the offset in the row's own spreads; with "add" the kernel's 1 / std is 1 / sqrt(var + eps),
     # so 1 / std comes from the variance (its rounding, about 1e-7 eps, moves no row past 32)
-    own = rstd if clamp else rstd.pow(-2).sub_(floor).clamp_(min=torch.finfo(x.dtype).tiny).rsqrt_()
+    own = rstd if clamp else variance.clamp(min=torch.finfo(x.dtype).tiny).rsqrt_()
     offset = mean * own
     if gamma is not None:
         magnitude = gamma.detach().abs()
@@ -235,10 +236,17 @@ def _forward(
     scale = inverse.reciprocal()
     if code & OVERFLOW:  # the reverse of such an instance is NaN too, as on the reference
         scale = torch.where(rstd == 0, float("nan"), scale)
-    variance = rstd.pow(-2).sub_(floor).clamp_(min=0)  # never below 0 from the subtraction
+    if shift is not None:
+        variance = _variance(rstd, floor)  # of the second pass
     gain, offset = _reference.gain_offset(loc, scale, guarded, beta)
     rows = Rows(loc, gain, offset, variance, scale, inverse, shift, mean, guarded)
     return rows_y.view(x.shape), rows, code
+
+
+def _variance(rstd: Tensor, floor: float) -> Tensor:
+    """Each row's variance from the kernel's ``1 / sqrt(variance + floor)``, never below 0 from
+    the subtraction."""
+    return rstd.pow(-2).sub_(floor).clamp_(min=0)
 
 
 def _backward(
