@@ -47,6 +47,7 @@ SHIFTED = 2  # bits of the one value read per forward
 CLAMPED = 1
 OVERFLOW = 4
 GUARDED = 8
+QUIET = 16  # "add": some variance below eps (the backward takes the reductions, not the kernel)
 
 
 def kernel_floor(values: Tensor, options: Options) -> float:
@@ -198,6 +199,8 @@ def _forward(
     checks = [(low, torch.finfo(x.dtype).tiny, OVERFLOW, -1.0)]
     if clamp:
         checks.append((high, limit, CLAMPED, 1.0))
+    else:  # 1 / sqrt(variance + eps) above 1 / sqrt(2 eps): a variance below eps
+        checks.append((high, (2 * eps) ** -0.5, QUIET, 1.0))
     variance = _variance(rstd, floor)
     # the offset in the row's own spreads; with "add" the kernel's 1 / std is 1 / sqrt(var + eps),
     # so 1 / std comes from the variance (its rounding, about 1e-7 eps, moves no row past 32)
@@ -279,13 +282,15 @@ def _backward(
     guarded, inverse, gain = rows.guarded, rows.inverse, rows.gain
     through_statistics = needs[0] and not options.detach
     want_gamma, want_beta = needs[1] and gamma is not None, needs[2] and beta is not None
-    clamped = bool(code & CLAMPED)
+    # a row below eps: its gradient is far smaller than the kernel's terms (1 / scale times dy),
+    # which cancel in the kernel's backward; the reductions below keep it exact
+    quiet = bool(code & (CLAMPED | QUIET))
     source = x.view(batch, channels, length)
     if rows.shift is not None:
         source = source - rows.shift.unsqueeze(-1)  # as the forward's second pass read it
     grad_x = grad_gamma = grad_beta = None
     d_loc, d_scale, d_gamma, d_beta = g_loc, None, None, None  # per row
-    if g_y is not None and not (clamped and through_statistics):
+    if g_y is not None and not (quiet and through_statistics):
         # the output's part in one fused pass: the kernel's own backward, with 1 / scale as
         # its rstd (exact for every row unless a clamped row passes gradient to x)
         mask = [through_statistics, want_gamma, want_beta]
@@ -321,7 +326,7 @@ def _backward(
         if want_gamma:
             d_gamma = _plus(d_gamma, -through_scale * gain)
     used = any(g is not None for g in (g_loc, g_gain, g_offset, g_variance))
-    if through_statistics and (used or grad_x is None or clamped):
+    if through_statistics and (used or grad_x is None or quiet):
         d_variance = g_variance
         if d_scale is not None:
             slope = 0.5 * inverse  # d scale / d variance (0 where the eps clamp holds)
