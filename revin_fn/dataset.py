@@ -66,8 +66,7 @@ def adapt(
     try:
         data = _as_data(data, pattern)
         if isinstance(data, Tensor) and isinstance(mask, Tensor):  # checked, expanded once
-            data = _check_tensor("data", data)
-            mask = _observed(mask, data, parse(pattern, data.ndim))
+            mask = _observed(mask, _check_tensor("data", data), parse(pattern, data.ndim))
         pairs, total = _moments.batches(data, mask, pattern)
         report = _moments.Progress(progress, total)
         for batch, batch_mask in pairs:

@@ -66,7 +66,8 @@ def check_code(*checks: tuple[Tensor, float, int, float]) -> int:
     instances stay exact (the non-finite one is NaN on every route). The checks: ``SHIFTED``
     if some ``|mean| / std * max(|gamma'|, 1)`` is above ``OFFSET_LIMIT``, ``CLAMPED`` if
     some variance is below eps, ``OVERFLOW`` if some scale is past the float range (its
-    outputs become NaN, not 0), ``GUARDED`` if some ``|gamma|`` is below eps."""
+    outputs become NaN, not 0), ``GUARDED`` if some ``|gamma|`` is below eps, ``QUIET``
+    (``"add"``) if some variance is below eps (only the backward's path depends on it)."""
     values = torch.stack([value for value, *_ in checks]).tolist()
     code = 0
     for value, (_, limit, bit, side) in zip(values, checks, strict=True):
@@ -292,7 +293,7 @@ def _backward(
     d_loc, d_scale, d_gamma, d_beta = g_loc, None, None, None  # per row
     if g_y is not None and not (quiet and through_statistics):
         # the output's part in one fused pass: the kernel's own backward, with 1 / scale as
-        # its rstd (exact for every row unless a clamped row passes gradient to x)
+        # its rstd (exact for every row unless a row below eps passes gradient to x)
         mask = [through_statistics, want_gamma, want_beta]
         if any(mask):
             grad_x, grad_gamma, grad_beta = torch.ops.aten.native_group_norm_backward(
