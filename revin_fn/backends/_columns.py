@@ -34,8 +34,8 @@ from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
+from ._checks import OFFSET_LIMIT, OVERFLOW, SHIFTED, check_code, steps
 from ._group_norm import needs_grad, vjp_by_ops
-from ._rows import OFFSET_LIMIT, OVERFLOW, SHIFTED, check_code, steps
 
 
 def normalize_columns(

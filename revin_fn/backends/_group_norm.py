@@ -1,4 +1,4 @@
-"""The autograd helpers of the native routes."""
+"""The helpers of the native routes: autograd, and the group-norm kernel's weight."""
 
 from __future__ import annotations
 
@@ -31,3 +31,9 @@ def vjp_by_ops(
         )
     )  # fmt: skip
     return [next(found) if need else None for need in needs]
+
+
+def unit_weight(weight: Tensor | None, bias: Tensor | None) -> Tensor | None:
+    """``weight``, or ones where there is a bias without one: the kernel's backward cannot give
+    the bias a gradient without a weight."""
+    return torch.ones_like(bias) if weight is None and bias is not None else weight

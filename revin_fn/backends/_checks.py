@@ -1,0 +1,49 @@
+"""The one host read of a native forward: the checks of a route, stacked and read together.
+
+Each route computes a few 0-d values from its first pass (the smallest and largest ``1 / std``,
+the largest offset in spreads, the smallest ``|gamma|``) and ``check_code`` turns them into the
+bits of the remedies to take; ``steps`` names them for ``backends.record``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Largest |mean| / std * max(|gamma'|, 1) normalized in a single pass: the fused output
+# x * a + c rounds at the size of the offset, about 6e-6 against float64 at 30 and 2e-5 at 100
+# (docs/design.md), so 32 keeps the 1e-5 guarantee.
+OFFSET_LIMIT = 32.0
+SHIFTED = 2  # bits of the one value read per forward
+CLAMPED = 1
+OVERFLOW = 4
+GUARDED = 8
+QUIET = 16  # "add": some variance below eps (the backward takes the reductions, not the kernel)
+
+
+def check_code(*checks: tuple[Tensor, float, int, float]) -> int:
+    """The one host read of a forward: the sum of the ``bit`` of each ``(value, limit, bit,
+    side)`` whose value (a 0-d tensor) is past its limit: above it for ``side = 1``, below it
+    for ``side = -1``. The values are stacked and read together. A NaN value is past every
+    limit: a batch holding a non-finite instance takes every remedy, so that the other
+    instances stay exact (the non-finite one is NaN on every route). The checks: ``SHIFTED``
+    if some ``|mean| / std * max(|gamma'|, 1)`` is above ``OFFSET_LIMIT``, ``CLAMPED`` if
+    some variance is below eps, ``OVERFLOW`` if some scale is past the float range (its
+    outputs become NaN, not 0), ``GUARDED`` if some ``|gamma|`` is below eps, ``QUIET``
+    (``"add"``) if some variance is below eps (only the backward's path depends on it)."""
+    values = torch.stack([value for value, *_ in checks]).tolist()
+    code = 0
+    for value, (_, limit, bit, side) in zip(values, checks, strict=True):
+        if not value * side <= limit * side:
+            code |= bit
+    return code
+
+
+def steps(code: int) -> str:
+    """The remedies a check code asked for, as a route suffix for ``backends.record``."""
+    return (
+        ("+shifted" if code & SHIFTED else "")
+        + ("+clamped" if code & CLAMPED else "")
+        + ("+overflow" if code & OVERFLOW else "")
+        + ("+guarded" if code & GUARDED else "")
+    )
