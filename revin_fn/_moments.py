@@ -2,21 +2,22 @@
 
 A batch's moments come from the core (``_reference.moments`` over all non-variate axes, in
 float64); batches, and ranks, are combined with Chan et al.'s parallel merge of
-(count, mean, M2). Nothing is concatenated.
+(count, mean, M2). Nothing is concatenated. The user's data (tensors, numpy arrays, pandas
+DataFrames, iterables of them) is read here as batches of tensors.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _reference
+from . import _args, _reference
 from ._options import EMPTY_VARIANCE, Options
 from ._patterns import Layout, parse
 
@@ -187,3 +188,80 @@ def layout_for(pattern: str, x: object, index: int) -> tuple[Tensor, Layout]:
     if not x.is_floating_point():
         raise TypeError(f"batch {index} has dtype {x.dtype}, expected a floating-point tensor")
     return x, parse(pattern, x.ndim)
+
+
+def check_finite(moments: Moments, mask: object) -> None:
+    """NaN or inf among the observed values would make NaN statistics: say where, and what to do."""
+    bad = ~(moments.mean.isfinite() & moments.m2.isfinite())
+    if not bool(bad.any()):
+        return
+    where = f"variates {bad.nonzero().flatten().tolist()}" if bad.numel() > 1 else "the data"
+    if isinstance(mask, str):  # "nan": the NaN are skipped, what is left is infinite
+        raise ValueError(f"data holds inf (or values whose squares overflow) in {where}")
+    raise ValueError(
+        f'data holds NaN or inf in {where}; pass mask="nan" to treat NaN as missing values'
+    )
+
+
+def as_data(data: object, pattern: str) -> object:
+    """``data`` with numpy arrays and DataFrames as tensors, for itself or for each batch."""
+    if isinstance(data, Tensor):
+        return data
+    converted = _as_tensor(data, pattern)
+    if converted is not None or not isinstance(data, Iterable) or isinstance(data, str):
+        return data if converted is None else converted
+    return _SizedBatches(data, pattern) if isinstance(data, Sized) else _Batches(data, pattern)
+
+
+def _as_tensor(value: object, pattern: str) -> Tensor | None:
+    """A numpy array as a tensor; a DataFrame (rows = steps, columns = variates) laid out as
+    ``pattern``; ``None`` for anything else. Neither numpy nor pandas is imported."""
+    if callable(getattr(value, "to_numpy", None)) and hasattr(value, "columns"):  # DataFrame
+        try:
+            table = torch.as_tensor(value.to_numpy(dtype="float64", copy=True))  # type: ignore[attr-defined]
+        except (TypeError, ValueError):
+            kinds = value.dtypes.items()  # type: ignore[attr-defined]
+            other = [name for name, kind in kinds if kind.kind not in "biuf"]
+            raise TypeError(
+                f"data is a DataFrame with non-numeric columns {other}; select the numeric "
+                "columns (one per variate)"
+            ) from None
+        return _table(table, pattern)
+    if type(value).__module__ == "numpy" and hasattr(value, "__array__"):  # an ndarray
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):  # negative strides, object arrays
+            copied = value.copy()  # type: ignore[attr-defined]
+            return torch.as_tensor(copied) if copied.dtype != object else None
+    return None
+
+
+def _table(table: Tensor, pattern: str) -> Tensor:
+    """``(steps, variates)`` placed on the ``t`` and ``v`` axes of ``pattern``, 1 elsewhere."""
+    layout = _args.layout(pattern)
+    if layout.variate is None:
+        return table.reshape([-1 if d == layout.time else 1 for d in range(layout.ndim)])
+    columns = table.reshape(len(table), -1)
+    placed = columns.reshape(*columns.shape, *[1] * (layout.ndim - 2))
+    return placed.movedim((0, 1), (layout.time, layout.variate))
+
+
+class _Batches:
+    """An iterable of batches whose ``x`` (the batch, or its first element) is converted."""
+
+    def __init__(self, data: Iterable[object], pattern: str) -> None:
+        self.data, self.pattern = data, pattern
+
+    def __iter__(self) -> Iterator[object]:
+        for batch in self.data:
+            if isinstance(batch, tuple | list) and batch:
+                x = _as_tensor(batch[0], self.pattern)
+                yield batch if x is None else (x, *batch[1:])
+            else:
+                x = _as_tensor(batch, self.pattern)
+                yield batch if x is None else x
+
+
+class _SizedBatches(_Batches):
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]

@@ -8,7 +8,6 @@ through the core's Frame (the same object ``revin`` builds), so its ``reverse_fn
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sized
 from typing import Any, Literal, overload
 
 import torch
@@ -64,7 +63,7 @@ def adapt(
     has_variate = True
     batches = values = 0
     try:
-        data = _as_data(data, pattern)
+        data = _moments.as_data(data, pattern)
         if isinstance(data, Tensor) and isinstance(mask, Tensor):  # checked, expanded once
             mask = _observed(mask, _check_tensor("data", data), parse(pattern, data.ndim))
         pairs, total = _moments.batches(data, mask, pattern)
@@ -88,7 +87,7 @@ def adapt(
             raise ValueError("data has no batches")
         if not bool((running.n > 0).any()):
             raise ValueError(f"data holds no observed value ({values} values seen)")
-        _check_finite(running, mask)
+        _moments.check_finite(running, mask)
     except (TypeError, ValueError) as error:
         raise _error("adapt(data)", error) from None
     report.done(batches, values)
@@ -96,83 +95,6 @@ def adapt(
     if not has_variate:
         mean, variance = mean.squeeze(0), variance.squeeze(0)
     return Statistics(mean, variance, None, None)
-
-
-def _check_finite(moments: _moments.Moments, mask: object) -> None:
-    """NaN or inf among the observed values would make NaN statistics: say where, and what to do."""
-    bad = ~(moments.mean.isfinite() & moments.m2.isfinite())
-    if not bool(bad.any()):
-        return
-    where = f"variates {bad.nonzero().flatten().tolist()}" if bad.numel() > 1 else "the data"
-    if isinstance(mask, str):  # "nan": the NaN are skipped, what is left is infinite
-        raise ValueError(f"data holds inf (or values whose squares overflow) in {where}")
-    raise ValueError(
-        f'data holds NaN or inf in {where}; pass mask="nan" to treat NaN as missing values'
-    )
-
-
-def _as_data(data: object, pattern: str) -> object:
-    """``data`` with numpy arrays and DataFrames as tensors, for itself or for each batch."""
-    if isinstance(data, Tensor):
-        return data
-    converted = _as_tensor(data, pattern)
-    if converted is not None or not isinstance(data, Iterable) or isinstance(data, str):
-        return data if converted is None else converted
-    return _SizedBatches(data, pattern) if isinstance(data, Sized) else _Batches(data, pattern)
-
-
-def _as_tensor(value: object, pattern: str) -> Tensor | None:
-    """A numpy array as a tensor; a DataFrame (rows = steps, columns = variates) laid out as
-    ``pattern``; ``None`` for anything else. Neither numpy nor pandas is imported."""
-    if callable(getattr(value, "to_numpy", None)) and hasattr(value, "columns"):  # DataFrame
-        try:
-            table = torch.as_tensor(value.to_numpy(dtype="float64", copy=True))  # type: ignore[attr-defined]
-        except (TypeError, ValueError):
-            kinds = value.dtypes.items()  # type: ignore[attr-defined]
-            other = [name for name, kind in kinds if kind.kind not in "biuf"]
-            raise TypeError(
-                f"data is a DataFrame with non-numeric columns {other}; select the numeric "
-                "columns (one per variate)"
-            ) from None
-        return _table(table, pattern)
-    if type(value).__module__ == "numpy" and hasattr(value, "__array__"):  # an ndarray
-        try:
-            return torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError):  # negative strides, object arrays
-            copied = value.copy()  # type: ignore[attr-defined]
-            return torch.as_tensor(copied) if copied.dtype != object else None
-    return None
-
-
-def _table(table: Tensor, pattern: str) -> Tensor:
-    """``(steps, variates)`` placed on the ``t`` and ``v`` axes of ``pattern``, 1 elsewhere."""
-    layout = _args.layout(pattern)
-    if layout.variate is None:
-        return table.reshape([-1 if d == layout.time else 1 for d in range(layout.ndim)])
-    columns = table.reshape(len(table), -1)
-    placed = columns.reshape(*columns.shape, *[1] * (layout.ndim - 2))
-    return placed.movedim((0, 1), (layout.time, layout.variate))
-
-
-class _Batches:
-    """An iterable of batches whose ``x`` (the batch, or its first element) is converted."""
-
-    def __init__(self, data: Iterable[object], pattern: str) -> None:
-        self.data, self.pattern = data, pattern
-
-    def __iter__(self) -> Iterator[object]:
-        for batch in self.data:
-            if isinstance(batch, tuple | list) and batch:
-                x = _as_tensor(batch[0], self.pattern)
-                yield batch if x is None else (x, *batch[1:])
-            else:
-                x = _as_tensor(batch, self.pattern)
-                yield batch if x is None else x
-
-
-class _SizedBatches(_Batches):
-    def __len__(self) -> int:
-        return len(self.data)  # type: ignore[arg-type]
 
 
 def _fixed_frame(
