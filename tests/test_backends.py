@@ -139,6 +139,40 @@ def test_route_equals_reference(backend, route, pattern, sizes, offset, spread, 
     assert_as_accurate_as_reference(fast, ref, truth, abs(offset) / spread)
 
 
+STATISTICS_CASES = [*ROUTES, ("rows+shifted", "b v t", "few ulps wide", 0.09, None)]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("x_grad", [False, True])
+@pytest.mark.parametrize("eps_mode", ["clamp", "add"])
+@pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), STATISTICS_CASES,
+                         ids=[*ROUTE_IDS, "few-ulps-wide"])  # fmt: skip
+def test_asking_for_statistics_changes_nothing_else(backend, route, pattern, sizes, offset, spread,
+                                                    eps_mode, x_grad):  # fmt: skip
+    # a call without statistics skips what only they need (the row route's variance in clamp
+    # mode): the route, the output, the reverse and every gradient stay the same, bit for bit
+    if sizes == "few ulps wide":  # the offset check counts each row's own spreads
+        x, gamma, beta = few_ulps_wide(offset)
+    else:
+        x, gamma, beta = make_input(pattern, sizes, offset, spread)
+    results = []
+    for statistics in (True, False):
+        x_, gamma_, beta_ = (t.clone().requires_grad_() for t in (x, gamma, beta))
+        x_.requires_grad_(x_grad)  # data, as in training, takes no gradient
+        leaves = [gamma_, beta_, x_] if x_grad else [gamma_, beta_]
+        with backends.use(backend), backends.record() as calls:
+            y, reverse_fn, *_ = revin(x_, gamma_, beta_, pattern=pattern, eps_mode=eps_mode,
+                                      return_statistics=statistics)  # fmt: skip
+            back = reverse_fn(torch.sin(y))
+            grads = torch.autograd.grad((y * y.detach().cos()).sum() + back.square().sum(), leaves)
+        results.append(([t.detach() for t in (y, back, *grads)], calls))
+    (with_statistics, calls), (without, calls_without) = results
+    expected = route if eps_mode == "clamp" else route.replace("+clamped", "")
+    assert calls == calls_without and calls[0][1].startswith(expected)
+    for a, b in zip(with_statistics, without, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("x_grad", [False, True])
 @pytest.mark.parametrize("guarded", [False, True])
@@ -185,6 +219,15 @@ def test_rows_the_kernel_sees_as_constant_are_not_taken_for_constant(backend, va
     assert error <= 4 * ref_error + 1e-9, f"{error:.2e} against {ref_error:.2e}"
 
 
+def few_ulps_wide(level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of two rows: an ordinary one and one 2 ulps wide at ``level``, with unit affine."""
+    x = torch.randn(2, 1, 336, generator=torch.Generator().manual_seed(0)) * 0.1
+    x[1, 0] = level
+    x[1, 0, 168] = torch.nextafter(torch.nextafter(torch.tensor(level), torch.tensor(1.0)),
+                                   torch.tensor(1.0))  # fmt: skip
+    return x, torch.tensor([1.0]), torch.tensor([0.0])
+
+
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("x_grad", [False, True])
 @pytest.mark.parametrize("detach", [False, True])
@@ -194,11 +237,7 @@ def test_rows_a_few_ulps_wide_near_zero_have_exact_gradients(backend, level, eps
                                                              x_grad):  # fmt: skip
     """Below eps and near 0 in units of sqrt(eps), but far from 0 in their own spreads: the
     backward's sums cancel at that offset, so such rows take the shifted pass too."""
-    x = torch.randn(2, 1, 336, generator=torch.Generator().manual_seed(0)) * 0.1
-    x[1, 0] = level
-    x[1, 0, 168] = torch.nextafter(torch.nextafter(torch.tensor(level), torch.tensor(1.0)),
-                                   torch.tensor(1.0))  # fmt: skip
-    gamma, beta = torch.tensor([1.0]), torch.tensor([0.0])
+    x, gamma, beta = few_ulps_wide(level)
     options = {"pattern": "b v t", "eps_mode": eps_mode, "detach": detach, "x_grad": x_grad}
     fast, calls = run(backend, x, gamma, beta, **options)
     ref, _ = run("reference", x, gamma, beta, **options)

@@ -95,8 +95,9 @@ def normalize_rows(
             values, weight, bias, grid, options
         )
     else:  # autograd records the ops of gamma and beta (their backward is built in)
-        y, rows, code = _forward(values, weight, bias, grid, options)
-        loc, gain, offset, variance = (t.view(stats_shape) for t in rows.outputs())
+        y, rows, code = _forward(values, weight, bias, grid, options, statistics)
+        loc, gain, offset = (t.view(stats_shape) for t in rows.outputs()[:3])
+        variance = None if rows.variance is None else rows.variance.view(stats_shape)
     frame = Frame(layout, loc, variance if statistics else None, gain, offset, dtype)
     return y, frame, steps(int(code))
 
@@ -114,19 +115,20 @@ class Grid(NamedTuple):
 class Rows(NamedTuple):
     """Per-row results of the forward, of shape ``(batch, channels)``. ``loc = shift + center``
     with ``shift`` the first-pass mean where the rows were shifted (else ``None``, and
-    ``center = loc``); ``inverse = 1 / scale``; ``guarded`` is gamma' (``None``: no gamma)."""
+    ``center = loc``); ``inverse = 1 / scale``; ``guarded`` is gamma' (``None``: no gamma);
+    ``variance`` is ``None`` where nothing needs it (clamp mode, no statistics, no gradient)."""
 
     loc: Tensor
     gain: Tensor
     offset: Tensor
-    variance: Tensor
+    variance: Tensor | None
     scale: Tensor
     inverse: Tensor
     shift: Tensor | None
     center: Tensor
     guarded: Tensor | None
 
-    def outputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def outputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         return self.loc, self.gain, self.offset, self.variance
 
 
@@ -144,10 +146,16 @@ def _group_norm(
 
 
 def _forward(
-    x: Tensor, gamma: Tensor | None, beta: Tensor | None, grid: Grid, options: Options
+    x: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    grid: Grid,
+    options: Options,
+    variance_wanted: bool,
 ) -> tuple[Tensor, Rows, int]:
     """``(y, rows, code)`` of ``x`` read as ``grid``: ``y`` in ``x``'s shape, the per-row
-    results and the check code (``steps``)."""
+    results and the check code (``steps``). The variance is computed where it is wanted (the
+    statistics, a backward through them) or needed (``"add"``: each row's ``1 / std``)."""
     eps, clamp = options.eps, options.eps_mode == "clamp"
     floor = kernel_floor(x, options)
     # gamma is used as given when no |gamma| is below eps (then gamma' = gamma), which the check
@@ -161,10 +169,11 @@ def _forward(
         checks.append((high, limit, CLAMPED, 1.0))
     else:  # 1 / sqrt(variance + eps) above 1 / sqrt(2 eps): a variance below eps
         checks.append((high, (2 * eps) ** -0.5, QUIET, 1.0))
-    variance = _variance(rstd, floor)
+    variance = _variance(rstd, floor) if variance_wanted or not clamp else None
     # the offset in the row's own spreads; with "add" the kernel's 1 / std is 1 / sqrt(var + eps),
     # so 1 / std comes from the variance (its rounding, about 1e-7 eps, moves no row past 32)
-    own = rstd if clamp else variance.clamp(min=torch.finfo(x.dtype).tiny).rsqrt_()
+    tiny = torch.finfo(x.dtype).tiny
+    own = rstd if clamp or variance is None else variance.clamp(min=tiny).rsqrt_()
     offset = mean * own
     if gamma is not None:
         magnitude = gamma.detach().abs()
@@ -187,23 +196,26 @@ def _forward(
     elif code & GUARDED:
         del y
         y, mean, rstd = _group_norm(x, guarded, beta, grid, floor)
-    rows_y = y.view(grid.batch, grid.channels, grid.length)
-    if code & CLAMPED:  # rows below the eps floor: rescale from the exact statistics
-        ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row
-        # in place, a multiply and an add (addcmul is not vectorized with two broadcast operands)
-        rows_y = rows_y.mul_(ratio)
-        if beta is not None:
-            rows_y = rows_y.add_(beta.view(-1, 1) * (1 - ratio))
-    if code & OVERFLOW:
-        rows_y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), rows_y)
+    if code & (CLAMPED | OVERFLOW):  # rows to rewrite, y viewed as (batch, channels, length)
+        rows_y = y.view(grid.batch, grid.channels, grid.length)
+        if code & CLAMPED:  # rows below the eps floor: rescale from the exact statistics
+            ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row
+            # in place, a multiply and an add (addcmul is not vectorized with two broadcast
+            # operands)
+            rows_y = rows_y.mul_(ratio)
+            if beta is not None:
+                rows_y = rows_y.add_(beta.view(-1, 1) * (1 - ratio))
+        if code & OVERFLOW:
+            rows_y = torch.where((rstd == 0).unsqueeze(-1), float("nan"), rows_y)
+        y = rows_y.view(x.shape)
     scale = inverse.reciprocal()
     if code & OVERFLOW:  # the reverse of such an instance is NaN too, as on the reference
         scale = torch.where(rstd == 0, float("nan"), scale)
-    if shift is not None:
+    if shift is not None and variance is not None:
         variance = _variance(rstd, floor)  # of the second pass
     gain, offset = _reference.gain_offset(loc, scale, guarded, beta)
     rows = Rows(loc, gain, offset, variance, scale, inverse, shift, mean, guarded)
-    return rows_y.view(x.shape), rows, code
+    return y, rows, code
 
 
 def _variance(rstd: Tensor, floor: float) -> Tensor:
@@ -241,11 +253,15 @@ class _Rows(torch.autograd.Function):
         grid: Grid,
         options: Options,
     ) -> tuple[Tensor, ...]:
-        y, rows, code = _forward(x, gamma, beta, grid, options)
+        y, rows, code = _forward(x, gamma, beta, grid, options, True)
         ctx.save_for_backward(x, gamma, beta, *rows)  # type: ignore[arg-type]
         ctx.grid, ctx.options, ctx.code = grid, options, code  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
-        loc, gain, offset, variance = (t.view(grid.stats_shape) for t in rows.outputs())
+        loc, gain, offset, variance = rows.outputs()
+        assert variance is not None  # wanted above: the backward's slope uses it
+        loc, gain, offset, variance = (
+            t.view(grid.stats_shape) for t in (loc, gain, offset, variance)
+        )
         if options.detach:  # the statistics take no gradient; gain and offset only gamma's, beta's
             _, need_gamma, need_beta = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
             constants = (gain,) * (not need_gamma) + (offset,) * (not (need_gamma or need_beta))

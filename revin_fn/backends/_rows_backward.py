@@ -100,6 +100,7 @@ def backward(
         if d_scale is not None:
             slope = 0.5 * inverse  # d scale / d variance (0 where the eps clamp holds)
             if options.eps_mode == "clamp":
+                assert rows.variance is not None  # _Rows computes it
                 slope = torch.where(rows.variance >= options.eps, slope, 0)
             d_variance = _plus(d_variance, d_scale * slope)
         if d_loc is not None or d_variance is not None:
