@@ -29,14 +29,21 @@ def forecast(x: torch.Tensor, gamma: torch.Tensor | None = GAMMA, beta: torch.Te
 @pytest.mark.parametrize("offset", [0.0, 1e5])  # the second takes the shifted pass
 @pytest.mark.parametrize("spread", [1.0, 1e-4])  # the second needs the eps clamp
 @pytest.mark.parametrize("x_grad", [True, False])  # data, as in training, takes no gradient
+@pytest.mark.parametrize("instances", [8, 1])  # those taking offset and spread; 1: rows redone
 def test_host_reads_per_forward_reverse_backward(
-    pattern: str, offset: float, spread: float, x_grad: bool
+    pattern: str, offset: float, spread: float, x_grad: bool, instances: int
 ):
     shape = (8, 3, 24) if pattern == "b v t" else (8, 24, 3)
-    x = (torch.randn(shape) * spread + offset).requires_grad_(x_grad)
-    gamma, beta = GAMMA.clone().requires_grad_(), BETA.clone().requires_grad_()
-    with HostReads() as forward:
+    x = torch.randn(shape)
+    x[:instances] = x[:instances] * spread + offset
+    x.requires_grad_(x_grad)
+    gamma, beta = GAMMA.clone(), BETA.clone().requires_grad_()
+    if instances == 1:  # no |gamma| below eps (the guard's second pass would redo every row)
+        gamma[2] = 0.7
+    gamma.requires_grad_()
+    with HostReads() as forward, backends.record() as calls:
         y, reverse_fn = revin(x, gamma, beta, pattern=pattern)
+    assert calls[0][1].endswith("+redo") == (instances == 1 and offset > 0)
     one = y.narrow(pattern.split().index("v"), 2, 1)
     with HostReads() as reverse:
         out = reverse_fn(y) + reverse_fn(one, variates=[2]).sum() + reverse_fn(one, variates=2)

@@ -19,9 +19,12 @@ CLAMPED = 1
 OVERFLOW = 4
 GUARDED = 8
 QUIET = 16  # "add": some variance below eps (the backward takes the reductions, not the kernel)
+REDONE = 32  # not a check: the rows route took its remedies on the flagged rows only
 
 
-def check_code(*checks: tuple[Tensor, float, int, float]) -> int:
+def check_code(
+    *checks: tuple[Tensor, float, int, float], count: Tensor | None = None
+) -> tuple[int, int]:
     """The one host read of a forward: the sum of the ``bit`` of each ``(value, limit, bit,
     side)`` whose value (a 0-d tensor) is past its limit: above it for ``side = 1``, below it
     for ``side = -1``. The values are stacked and read together. A NaN value is past every
@@ -30,13 +33,17 @@ def check_code(*checks: tuple[Tensor, float, int, float]) -> int:
     if some ``|mean| / std * max(|gamma'|, 1)`` is above ``OFFSET_LIMIT``, ``CLAMPED`` if
     some variance is below eps, ``OVERFLOW`` if some scale is past the float range (its
     outputs become NaN, not 0), ``GUARDED`` if some ``|gamma|`` is below eps, ``QUIET``
-    (``"add"``) if some variance is below eps (only the backward's path depends on it)."""
-    values = torch.stack([value for value, *_ in checks]).tolist()
+    (``"add"``) if some variance is below eps (only the backward's path depends on it).
+
+    ``count``, a 0-d tensor (how many rows need a remedy), is read with them: the code and the
+    count come back as ``(code, count)``, the count 0 where none is given."""
+    extra = [] if count is None else [count]  # stacked in the checks' float dtype
+    values = torch.stack([*(value for value, *_ in checks), *extra]).tolist()
     code = 0
-    for value, (_, limit, bit, side) in zip(values, checks, strict=True):
+    for value, (_, limit, bit, side) in zip(values, checks, strict=False):
         if not value * side <= limit * side:
             code |= bit
-    return code
+    return code, int(values[-1]) if extra else 0
 
 
 def steps(code: int) -> str:
@@ -46,4 +53,5 @@ def steps(code: int) -> str:
         + ("+clamped" if code & CLAMPED else "")
         + ("+overflow" if code & OVERFLOW else "")
         + ("+guarded" if code & GUARDED else "")
+        + ("+redo" if code & REDONE else "")
     )

@@ -54,7 +54,7 @@ def normalize_columns(
         if gamma is not None:
             offset = offset * torch.linalg.vector_norm(gamma.detach(), math.inf).clamp_(min=1)
         largest = torch.finfo(scale.dtype).max
-        code = check_code(
+        code, _ = check_code(
             (offset, OFFSET_LIMIT, SHIFTED, 1.0), (scale.amax(), largest, OVERFLOW, 1.0)
         )
     loc = mean

@@ -1,8 +1,9 @@
-"""The helpers of the native routes: autograd, and the group-norm kernel's weight."""
+"""The helpers of the native routes: autograd, and the group-norm kernel with one group per row."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -37,3 +38,26 @@ def unit_weight(weight: Tensor | None, bias: Tensor | None) -> Tensor | None:
     """``weight``, or ones where there is a bias without one: the kernel's backward cannot give
     the bias a gradient without a weight."""
     return torch.ones_like(bias) if weight is None and bias is not None else weight
+
+
+class Grid(NamedTuple):
+    """How the kernel reads ``x``: ``batch`` by ``channels`` rows of ``length``, the weights
+    repeating every ``channels`` rows; per-row results take ``stats_shape`` in the layout."""
+
+    batch: int
+    channels: int
+    length: int
+    stats_shape: tuple[int, ...]
+
+
+def group_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, grid: Grid, floor: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd)`` of ``native_group_norm`` with one group per row: ``y`` in ``x``'s
+    shape (contiguous), mean and rstd of shape ``(batch, channels)``, detached: they depend
+    on ``x`` only, which takes no gradient here or gets it from ``_rows._Rows``."""
+    batch, channels, length, _ = grid
+    y, mean, rstd = torch.native_group_norm(
+        x, unit_weight(weight, bias), bias, batch, channels, length, channels, floor
+    )
+    return y, mean.detach(), rstd.detach()

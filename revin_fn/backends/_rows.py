@@ -16,12 +16,14 @@ read of a combined check settles both:
   ``y = beta + (y - beta) * kernel_scale / scale`` (one element-wise pass, no recomputation).
 
 The kernel takes gamma as given (then gamma' = gamma) unless the same check finds some
-``|gamma|`` below eps; then the pass runs again with the guarded gamma'. Neither remedy reads a
-value again. Where ``x`` takes a gradient, the whole route, the Frame's gain and offset
-included, is one autograd node (``_Rows``) with a fused backward (``_rows_backward``) that
-reads no value; recorded for double backward, that backward is the vector-Jacobian product of
-the reference formula.
-Where it takes none (data, as in training), the mean and ``1 / std`` are constants and
+``|gamma|`` below eps; then the pass runs again with the guarded gamma'. Where only a few rows
+need a remedy (their count is read with the check), only they are redone (``_rows_redo``).
+No remedy reads a value again.
+
+Where ``x`` takes a gradient, the whole route, the Frame's gain and offset included, is one
+autograd node (``_Rows``) with a fused backward (``_rows_backward``) that reads no value;
+recorded for double backward, that backward is the vector-Jacobian product of the reference
+formula. Where it takes none (data, as in training), the mean and ``1 / std`` are constants and
 autograd records the few operations on gamma and beta itself.
 """
 
@@ -38,9 +40,20 @@ from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
-from ._checks import CLAMPED, GUARDED, OFFSET_LIMIT, OVERFLOW, QUIET, SHIFTED, check_code, steps
-from ._group_norm import needs_grad, unit_weight, vjp_by_ops
+from ._checks import (
+    CLAMPED,
+    GUARDED,
+    OFFSET_LIMIT,
+    OVERFLOW,
+    QUIET,
+    REDONE,
+    SHIFTED,
+    check_code,
+    steps,
+)
+from ._group_norm import Grid, group_norm, needs_grad, vjp_by_ops
 from ._rows_backward import backward
+from ._rows_redo import redo, redo_pays
 
 
 def kernel_floor(values: Tensor, options: Options) -> float:
@@ -102,16 +115,6 @@ def normalize_rows(
     return y, frame, steps(int(code))
 
 
-class Grid(NamedTuple):
-    """How the kernel reads ``x``: ``batch`` by ``channels`` rows of ``length``, the weights
-    repeating every ``channels`` rows; per-row results take ``stats_shape`` in the layout."""
-
-    batch: int
-    channels: int
-    length: int
-    stats_shape: tuple[int, ...]
-
-
 class Rows(NamedTuple):
     """Per-row results of the forward, of shape ``(batch, channels)``. ``loc = shift + center``
     with ``shift`` the first-pass mean where the rows were shifted (else ``None``, and
@@ -132,19 +135,6 @@ class Rows(NamedTuple):
         return self.loc, self.gain, self.offset, self.variance
 
 
-def _group_norm(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, grid: Grid, floor: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(y, mean, rstd)`` of ``native_group_norm`` with one group per row: ``y`` in ``x``'s
-    shape (contiguous), mean and rstd of shape ``(batch, channels)``, detached: they depend
-    on ``x`` only, which takes no gradient here or gets it from ``_Rows``."""
-    batch, channels, length, _ = grid
-    y, mean, rstd = torch.native_group_norm(
-        x, unit_weight(weight, bias), bias, batch, channels, length, channels, floor
-    )
-    return y, mean.detach(), rstd.detach()
-
-
 def _forward(
     x: Tensor,
     gamma: Tensor | None,
@@ -160,7 +150,7 @@ def _forward(
     floor = kernel_floor(x, options)
     # gamma is used as given when no |gamma| is below eps (then gamma' = gamma), which the check
     # tells; otherwise the pass runs again with the guarded gamma'
-    y, mean, rstd = _group_norm(x, gamma, beta, grid, floor)
+    y, mean, rstd = group_norm(x, gamma, beta, grid, floor)
     limit = eps**-0.5  # rstd above it: variance below eps
     inverse = rstd.clamp(max=limit) if clamp else rstd
     low, high = torch.aminmax(rstd)
@@ -180,23 +170,32 @@ def _forward(
         checks.append((magnitude.amin(), eps, GUARDED, -1.0))
         offset = offset * magnitude.clamp(min=1)  # per row: its variate's max(|gamma'|, 1)
     checks.append((torch.linalg.vector_norm(offset, math.inf), OFFSET_LIMIT, SHIFTED, 1.0))
-    code = check_code(*checks)
+    needy = offset.abs() > OFFSET_LIMIT  # the rows a remedy rewrites, counted in the same read
+    if clamp:
+        needy |= rstd > limit
+    code, count = check_code(*checks, count=needy.sum())
     guarded = gamma
     if code & GUARDED:
         guarded = _reference.guard_gamma(gamma, eps)  # type: ignore[arg-type]
     loc, shift = mean, None
-    if code & SHIFTED:  # far from 0 for its spread: once more, each row shifted by its mean
+    if redo_pays(code, count, mean.numel(), x.numel()):  # a few rows: only they are redone
+        code |= REDONE
+        first, affine = (mean, rstd), (gamma, beta)
+        y, mean, rstd, shift = redo(x, y, first, needy, count, affine, grid, floor, limit, clamp)
+        inverse = rstd.clamp(max=limit) if clamp else rstd
+        loc = shift + mean
+    elif code & SHIFTED:  # far from 0 for its spread: once more, each row shifted by its mean
         shift = mean
         del y  # free the first output before the second is allocated
         rows_x = x.view(grid.batch, grid.channels, grid.length)
         source = (rows_x - shift.unsqueeze(-1)).view(x.shape)
-        y, mean, rstd = _group_norm(source, guarded, beta, grid, floor)
+        y, mean, rstd = group_norm(source, guarded, beta, grid, floor)
         inverse = rstd.clamp(max=limit) if clamp else rstd
         loc = shift + mean
     elif code & GUARDED:
         del y
-        y, mean, rstd = _group_norm(x, guarded, beta, grid, floor)
-    if code & (CLAMPED | OVERFLOW):  # rows to rewrite, y viewed as (batch, channels, length)
+        y, mean, rstd = group_norm(x, guarded, beta, grid, floor)
+    if code & (CLAMPED | OVERFLOW) and not code & REDONE:  # y viewed as (batch, channels, length)
         rows_y = y.view(grid.batch, grid.channels, grid.length)
         if code & CLAMPED:  # rows below the eps floor: rescale from the exact statistics
             ratio = (inverse / rstd).unsqueeze(-1)  # 1 for every other row

@@ -18,7 +18,8 @@ from ._group_norm import unit_weight
 
 if TYPE_CHECKING:
     from .._options import Options
-    from ._rows import Grid, Rows
+    from ._group_norm import Grid
+    from ._rows import Rows
 
 
 def backward(
