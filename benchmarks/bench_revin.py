@@ -244,14 +244,37 @@ def near_constant_rows(device: str, timing: tuple, quick: bool) -> list[dict]:
     starts = torch.randperm(rows.shape[0] - length + 1, generator=generator)[: batch * count]
     windows = rows[starts[:, None] + torch.arange(length)]  # (windows, time, variates)
     noise = torch.randn(windows.shape, generator=generator) * windows.std() + windows.mean()
-    gamma = torch.ones(windows.shape[-1], device=device, requires_grad=True)
-    beta = torch.zeros(windows.shape[-1], device=device, requires_grad=True)
+    return _against_random("ETTh2", windows, noise, batch, device, timing)
+
+
+def flat_window_rows(device: str, timing: tuple, quick: bool) -> list[dict]:
+    """Forward on random batches of many variates in which 1% of the windows are flat far from
+    0 (a constant at 500 spreads), against the same batches without them: a wide dataset with
+    a few flat stretches. Gamma and beta take gradients, as in training."""
+    length, batch, variates, count = (40, 4, 64, 2) if quick else (336, 32, 321, 4)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(batch * count, length, variates, generator=generator)
+    flat = noise.clone()
+    series = noise.shape[0] * variates  # one window per instance and variate
+    chosen = torch.randperm(series, generator=generator)[: series // 100]
+    flat[chosen // variates, :, chosen % variates] = 500.0
+    return _against_random("flat", flat, noise, batch, device, timing)
+
+
+def _against_random(
+    name: str, data: Tensor, noise: Tensor, batch: int, device: str, timing: tuple
+) -> list[dict]:
+    """Forward with statistics on ``data`` and ``noise`` (windows, time, variates) in batches,
+    per layout: ms per batch, their ratio and the routes ``data`` took."""
+    gamma = torch.ones(data.shape[-1], device=device, requires_grad=True)
+    beta = torch.zeros(data.shape[-1], device=device, requires_grad=True)
+    count = data.shape[0] // batch
     result = []
     for pattern in LAYOUTS:
-        data = {}
-        for name, source in (("ETTh2", windows), ("random", noise)):
+        split = {}
+        for key, source in ((name, data), ("random", noise)):
             laid = source if pattern == "b t v" else source.transpose(1, 2)
-            data[name] = [b.contiguous().to(device) for b in laid.split(batch)]
+            split[key] = [b.contiguous().to(device) for b in laid.split(batch)]
 
         def runner(batches: list[Tensor], pattern: str = pattern) -> Callable[[], None]:
             def forward() -> None:
@@ -261,14 +284,14 @@ def near_constant_rows(device: str, timing: tuple, quick: bool) -> list[dict]:
             return forward
 
         with backends.record() as calls:
-            runner(data["ETTh2"])()
+            runner(split[name])()
         routes: dict[str, int] = {}
         for _, route in calls:
             routes[route] = routes.get(route, 0) + 1
-        medians = time_runners({name: runner(b) for name, b in data.items()}, device, *timing)
-        ms = {name: value / count * 1e3 for name, value in medians.items()}
-        result.append({"layout": pattern, "shape": list(data["ETTh2"][0].shape), "ms": ms,
-                       "ratio": ms["ETTh2"] / ms["random"], "routes": routes})  # fmt: skip
+        medians = time_runners({key: runner(b) for key, b in split.items()}, device, *timing)
+        ms = {key: value / count * 1e3 for key, value in medians.items()}
+        result.append({"layout": pattern, "shape": list(split[name][0].shape), "ms": ms,
+                       "ratio": ms[name] / ms["random"], "routes": routes})  # fmt: skip
     return result
 
 
@@ -283,6 +306,7 @@ def run(quick: bool, compiled: bool, device: str) -> dict[str, Any]:
     result["steps"] = step_rows(steps, device, timing, compiled)
     result["rows"] = micro_rows(QUICK_SHAPES if quick else FULL_SHAPES, device, timing)
     result["near_constant"] = near_constant_rows(device, timing, quick)
+    result["flat_windows"] = flat_window_rows(device, timing, quick)
     return result
 
 
@@ -354,13 +378,18 @@ def table(result: dict[str, Any]) -> str:
             other = by_case[shape, "b v t", dtype]["ms"]["revin_fn"]
             ratios = ", ".join(f"{op} {row['ms']['revin_fn'][op] / other[op]:.2f}" for op in OPS)
             lines.append(f"  {shape}: {ratios}")
-    lines += ["", "forward on shuffled ETTh2 batches (near-constant windows) against random data:"]
-    for row in result["near_constant"]:
-        lines.append(
-            f"  {tuple(row['shape'])} {row['layout']}: ETTh2 {row['ms']['ETTh2']:.3f} ms, "
-            f"random {row['ms']['random']:.3f} ms per batch, ratio {row['ratio']:.2f}; routes "
-            + ", ".join(f"{route} {n}" for route, n in row["routes"].items())
-        )
+    titles = {
+        ("near_constant", "ETTh2"): "shuffled ETTh2 batches (near-constant windows)",
+        ("flat_windows", "flat"): "random batches with 1% of windows flat at 500 spreads",
+    }
+    for (table_name, name), title in titles.items():
+        lines += ["", f"forward on {title} against random data:"]
+        for row in result[table_name]:
+            lines.append(
+                f"  {tuple(row['shape'])} {row['layout']}: {name} {row['ms'][name]:.3f} ms, "
+                f"random {row['ms']['random']:.3f} ms per batch, ratio {row['ratio']:.2f}; "
+                "routes " + ", ".join(f"{route} {n}" for route, n in row["routes"].items())
+            )
     lines.append("")
     for dtype in ("float32", "bfloat16"):
         worst: dict[str, float] = {}

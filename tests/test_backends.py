@@ -49,6 +49,7 @@ ROUTES = [
     ("rows+shifted+clamped+redo", "b v t", (16, 3, 40, 2), 5.0, 1e-4),
     ("moved rows+shifted+redo", "b t v", (16, 3, 40, 1), -3e3, 0.5),
     ("rows+clamped+redo", "b v t", (512, 7, 160, 2), 0.0, 1e-4),  # the clamp alone: 2**19 up
+    ("columns+shifted+redo", "b t v", (16, 16, 256, 1), 1e6, 1.0),
 ]
 ROUTE_IDS = [f"{route}-{pattern.replace(' ', '')}" for route, pattern, *_ in ROUTES]
 

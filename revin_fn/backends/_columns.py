@@ -34,8 +34,11 @@ from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
-from ._checks import OFFSET_LIMIT, OVERFLOW, SHIFTED, check_code, steps
+from ._checks import OFFSET_LIMIT, OVERFLOW, REDONE, SHIFTED, check_code, steps
 from ._group_norm import needs_grad, vjp_by_ops
+from ._rows_redo import REDO_SHARE
+
+ROWS = Layout("v t", 2, ("v", "t"), 1, 0)  # gathered instances, one row each
 
 
 def normalize_columns(
@@ -50,15 +53,24 @@ def normalize_columns(
     and ``beta`` broadcast along the variate axis; ``dtype`` is the caller's input dtype."""
     y, mean, variance, scale = _attempt(values, gamma, beta, layout.time, options)
     with torch.no_grad():
-        offset = torch.linalg.vector_norm(mean / scale, math.inf)
+        spreads = (mean / scale).abs()
         if gamma is not None:
-            offset = offset * torch.linalg.vector_norm(gamma.detach(), math.inf).clamp_(min=1)
+            spreads = spreads * torch.linalg.vector_norm(gamma.detach(), math.inf).clamp_(min=1)
+        far = spreads > OFFSET_LIMIT  # counted in the same read
         largest = torch.finfo(scale.dtype).max
-        code, _ = check_code(
-            (offset, OFFSET_LIMIT, SHIFTED, 1.0), (scale.amax(), largest, OVERFLOW, 1.0)
+        code, count = check_code(
+            (torch.linalg.vector_norm(spreads, math.inf), OFFSET_LIMIT, SHIFTED, 1.0),
+            (scale.amax(), largest, OVERFLOW, 1.0),
+            count=far.sum(),
         )
     loc = mean
-    if code & SHIFTED:
+    if code == SHIFTED and 0 < count <= REDO_SHARE * mean.numel():  # only those instances
+        code |= REDONE
+        first = (mean, variance, scale)
+        y, loc, variance, scale = _redo(
+            values, y, first, far, count, (gamma, beta), layout, options
+        )
+    elif code & SHIFTED:
         shift = mean.detach()
         del y
         y, mean, variance, scale = _attempt(values - shift, gamma, beta, layout.time, options)
@@ -67,6 +79,36 @@ def normalize_columns(
         scale = torch.where(scale.isinf(), float("nan"), scale)
         y = torch.where(scale.isnan(), float("nan"), y)
     return y, _reference.make_frame(layout, loc, variance, scale, gamma, beta, dtype), steps(code)
+
+
+def _redo(
+    x: Tensor,
+    y: Tensor,
+    first: tuple[Tensor, Tensor, Tensor],
+    far: Tensor,
+    count: int,
+    affine: tuple[Tensor | None, Tensor | None],
+    layout: Layout,
+    options: Options,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``count`` instances flagged in ``far`` (of the statistics' shape) gathered as rows,
+    normalized by the reference math and written back into ``y``; returns ``y`` and the merged
+    location, variance and scale. Every step is differentiable."""
+    index = torch.topk(far.view(-1).to(x.dtype), count, sorted=False).indices
+    instances = [size for axis, size in enumerate(far.shape) if axis != layout.time]
+    where = torch.unravel_index(index, instances)
+    rows = x.movedim(layout.time, -1)[where]  # (count, time)
+    gamma, beta = (None if t is None else t.expand_as(far).reshape(-1)[index] for t in affine)
+    rows_y, frame = _reference.normalize(rows, ROWS, gamma, beta, None, options)
+    assert frame.variance is not None  # the reference computes it
+    rows_scale = _reference.scale_from_variance(frame.variance, options.eps, options.eps_mode)
+    y.movedim(layout.time, -1)[where] = rows_y
+
+    def merged(full: Tensor, redone: Tensor) -> Tensor:
+        return full.reshape(-1).index_copy(0, index, redone.reshape(-1)).view_as(full)
+
+    mean, variance, scale = first
+    return y, merged(mean, frame.loc), merged(variance, frame.variance), merged(scale, rows_scale)
 
 
 def _attempt(
