@@ -251,7 +251,7 @@ def flat_window_rows(device: str, timing: tuple, quick: bool) -> list[dict]:
     """Forward on random batches of many variates in which 1% of the windows are flat far from
     0 (a constant at 500 spreads), against the same batches without them: a wide dataset with
     a few flat stretches. Gamma and beta take gradients, as in training."""
-    length, batch, variates, count = (40, 4, 64, 2) if quick else (336, 32, 321, 4)
+    length, batch, variates, count = (1024, 4, 64, 2) if quick else (336, 32, 321, 4)
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(batch * count, length, variates, generator=generator)
     flat = noise.clone()

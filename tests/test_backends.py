@@ -45,11 +45,12 @@ ROUTES = [
     ("rows", "c b v t", (2, 3, 17), 1.0, 2.0),  # weights repeat along a middle axis
     # one or two instances take the offset and spread (the first is constant when the spread is
     # below 1e-3): only their rows are redone
-    ("rows+shifted+redo", "b v t", (16, 3, 40, 1), 1e4, 1.0),
-    ("rows+shifted+clamped+redo", "b v t", (16, 3, 40, 2), 5.0, 1e-4),
-    ("moved rows+shifted+redo", "b t v", (16, 3, 40, 1), -3e3, 0.5),
+    ("rows+shifted", "b v t", (16, 3, 40, 1), 1e4, 1.0),  # below 2**18 elements: none redone
+    ("rows+shifted+redo", "b v t", (64, 4, 1024, 1), 1e4, 1.0),
+    ("rows+shifted+clamped+redo", "b v t", (64, 4, 1024, 2), 5.0, 1e-4),
+    ("moved rows+shifted+redo", "b t v", (64, 4, 1024, 1), -3e3, 0.5),
     ("rows+clamped+redo", "b v t", (512, 7, 160, 2), 0.0, 1e-4),  # the clamp alone: 2**19 up
-    ("columns+shifted+redo", "b t v", (16, 16, 256, 1), 1e6, 1.0),
+    ("columns+shifted+redo", "b t v", (64, 16, 256, 1), 1e6, 1.0),
 ]
 ROUTE_IDS = [f"{route}-{pattern.replace(' ', '')}" for route, pattern, *_ in ROUTES]
 

@@ -19,7 +19,7 @@ CLAMPED = 1
 OVERFLOW = 4
 GUARDED = 8
 QUIET = 16  # "add": some variance below eps (the backward takes the reductions, not the kernel)
-REDONE = 32  # not a check: the rows route took its remedies on the flagged rows only
+REDONE = 32  # not a check: the remedies were taken on the flagged rows (or instances) only
 
 
 def check_code(
@@ -40,7 +40,7 @@ def check_code(
     extra = [] if count is None else [count]  # stacked in the checks' float dtype
     values = torch.stack([*(value for value, *_ in checks), *extra]).tolist()
     code = 0
-    for value, (_, limit, bit, side) in zip(values, checks, strict=False):
+    for value, (_, limit, bit, side) in zip(values[: len(checks)], checks, strict=True):
         if not value * side <= limit * side:
             code |= bit
     return code, int(values[-1]) if extra else 0

@@ -36,7 +36,7 @@ from .._patterns import Layout
 from .._reference import Frame
 from ._checks import OFFSET_LIMIT, OVERFLOW, REDONE, SHIFTED, check_code, steps
 from ._group_norm import needs_grad, vjp_by_ops
-from ._rows_redo import REDO_SHARE
+from ._rows_redo import REDO_MIN, REDO_SHARE
 
 ROWS = Layout("v t", 2, ("v", "t"), 1, 0)  # gathered instances, one row each
 
@@ -56,15 +56,16 @@ def normalize_columns(
         spreads = (mean / scale).abs()
         if gamma is not None:
             spreads = spreads * torch.linalg.vector_norm(gamma.detach(), math.inf).clamp_(min=1)
-        far = spreads > OFFSET_LIMIT  # counted in the same read
+        far = spreads > OFFSET_LIMIT if values.numel() >= REDO_MIN else None  # counted too
         largest = torch.finfo(scale.dtype).max
         code, count = check_code(
             (torch.linalg.vector_norm(spreads, math.inf), OFFSET_LIMIT, SHIFTED, 1.0),
             (scale.amax(), largest, OVERFLOW, 1.0),
-            count=far.sum(),
+            count=None if far is None else far.sum(dtype=spreads.dtype),
         )
     loc = mean
     if code == SHIFTED and 0 < count <= REDO_SHARE * mean.numel():  # only those instances
+        assert far is not None  # counted
         code |= REDONE
         first = (mean, variance, scale)
         y, loc, variance, scale = _redo(

@@ -53,7 +53,7 @@ from ._checks import (
 )
 from ._group_norm import Grid, group_norm, needs_grad, vjp_by_ops
 from ._rows_backward import backward
-from ._rows_redo import redo, redo_pays
+from ._rows_redo import REDO_MIN, redo, redo_pays
 
 
 def kernel_floor(values: Tensor, options: Options) -> float:
@@ -170,15 +170,18 @@ def _forward(
         checks.append((magnitude.amin(), eps, GUARDED, -1.0))
         offset = offset * magnitude.clamp(min=1)  # per row: its variate's max(|gamma'|, 1)
     checks.append((torch.linalg.vector_norm(offset, math.inf), OFFSET_LIMIT, SHIFTED, 1.0))
-    needy = offset.abs() > OFFSET_LIMIT  # the rows a remedy rewrites, counted in the same read
-    if clamp:
-        needy |= rstd > limit
-    code, count = check_code(*checks, count=needy.sum())
+    needy = None
+    if x.numel() >= REDO_MIN:  # the rows a remedy rewrites, counted in the same read
+        needy = offset.abs() > OFFSET_LIMIT
+        if clamp:
+            needy |= rstd > limit
+    code, count = check_code(*checks, count=None if needy is None else needy.sum(dtype=x.dtype))
     guarded = gamma
     if code & GUARDED:
         guarded = _reference.guard_gamma(gamma, eps)  # type: ignore[arg-type]
     loc, shift = mean, None
     if redo_pays(code, count, mean.numel(), x.numel()):  # a few rows: only they are redone
+        assert needy is not None  # counted
         code |= REDONE
         first, affine = (mean, rstd), (gamma, beta)
         y, mean, rstd, shift = redo(x, y, first, needy, count, affine, grid, floor, limit, clamp)
