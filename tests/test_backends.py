@@ -334,6 +334,47 @@ def test_every_backend_equals_reference_on_any_input(pattern, batch, variates, l
         assert_round_trip(x, y, reverse_fn)
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    pattern=st.sampled_from(["b v t", "b t v"]),
+    variates=st.sampled_from([4, 16]),
+    far=st.integers(1, 12),
+    offset=st.sampled_from([500.0, -1e4, 1e6, 0.0]),
+    spread=st.sampled_from([0.0, 1e-4, 1.0]),
+    eps_mode=st.sampled_from(["clamp", "add"]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_backend_equals_reference_where_a_few_instances_are_redone(
+    pattern, variates, far, offset, spread, eps_mode, seed
+):  # fmt: skip
+    # 2**18 elements, ``far`` of the 64 * variates instances at ``offset`` with ``spread``
+    generator = torch.Generator().manual_seed(seed)
+    shape = shape_for(pattern, 64, variates, 2**12 // variates)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    instances = x.movedim(pattern.split().index("t"), -1)  # a view: (batch, variates, time)
+    chosen = torch.randperm(64 * variates, generator=generator)[:far]
+    for index in chosen.tolist():
+        row = instances[index // variates, index % variates]
+        row.copy_(row * spread + offset)
+    x = x.float()
+    gamma = torch.randn(variates, generator=generator) + 2.0
+    beta = torch.randn(variates, generator=generator)
+    options = {"pattern": pattern, "eps_mode": eps_mode, "return_statistics": True}
+    with backends.use("reference"):
+        y_ref, _, s_ref = revin(x, gamma, beta, **options)
+    for backend in FAST:
+        with backends.use(backend), backends.record() as calls:
+            y, reverse_fn, s = revin(x, gamma, beta, **options)
+        torch.testing.assert_close(y, y_ref, atol=3e-5, rtol=1e-5)
+        spread_ref = s_ref.variance.sqrt() + 1e-3
+        ulp = torch.finfo(s.mean.dtype).eps * s_ref.mean.abs()
+        assert ((s.mean - s_ref.mean).abs() <= 1e-5 * spread_ref + 4 * ulp).all()
+        torch.testing.assert_close(s.variance, s_ref.variance, atol=1e-9, rtol=1e-4)
+        assert_round_trip(x, y, reverse_fn)
+        if offset != 0.0 and far <= 8 * variates:  # at most 1/8 of the instances, far from 0
+            assert calls[0][1].endswith("+redo"), calls
+
+
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), ROUTES[:6],
                          ids=ROUTE_IDS[:6])  # fmt: skip
