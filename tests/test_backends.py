@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from revin_fn import RevINError, backends, revin
 from revin_fn._options import Options
 from revin_fn.backends import Request
+from revin_fn.backends._checks import OFFSET_LIMIT, SHIFTED, check_code
 
 
 def _takes_cpu_eager(name: str) -> bool:
@@ -239,6 +240,42 @@ def test_rows_the_kernel_sees_as_constant_are_not_taken_for_constant(backend, va
     assert truth.abs().max() > 1e-6  # not beta (0): the rows are not constant
     error, ref_error = ((fast - truth).abs().max().item(), (ref - truth).abs().max().item())
     assert error <= 4 * ref_error + 1e-9, f"{error:.2e} against {ref_error:.2e}"
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize(
+    ("pattern", "variates", "length", "near", "route"),
+    [
+        ("b v t", 4, 1024, 6, "rows+shifted+redo"),  # 24 near rows and 4 far: redone
+        ("b v t", 4, 1024, 63, "rows+shifted"),  # every row past REDO_OFFSET: all shifted
+        ("b t v", 16, 256, 4, "columns+shifted+redo"),
+    ],
+)
+def test_rows_near_the_offset_limit_are_redone_with_the_far_ones(backend, pattern, variates,
+                                                                 length, near, route):  # fmt: skip
+    # rows 24 spreads from 0 (below OFFSET_LIMIT) are a few times less exact in x's and gamma's
+    # gradients in a single pass; where another row takes a remedy they take it too
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape_for(pattern, 64, variates, length), generator=generator,
+                    dtype=torch.float64)  # fmt: skip
+    time = pattern.split().index("t")
+    x = (x - x.mean(time, keepdim=True)) / x.std(time, keepdim=True, correction=0)
+    x[1 : near + 1] = x[1 : near + 1] * 3.7 + 24 * 3.7
+    x[0] += 1e5  # far from 0: the remedy
+    gamma = torch.linspace(-1, 1, variates, dtype=torch.float64).float()
+    beta = torch.linspace(-0.5, 0.5, variates, dtype=torch.float64).float()
+    options = {"pattern": pattern, "eps_mode": "clamp", "detach": False, "x_grad": True}
+    fast, calls = run(backend, x.float(), gamma, beta, **options)
+    ref, _ = run("reference", x.float(), gamma, beta, **options)
+    truth, _ = run("reference", x.float().double(), gamma.double(), beta.double(), **options)
+    assert calls[0] == (backend, route)
+    assert_as_accurate_as_reference(fast, ref, truth, 24.0)
+
+
+def test_the_count_of_flagged_rows_is_exact_past_float32():
+    flags = torch.ones(2**24 + 1, dtype=torch.bool)
+    code, count = check_code((torch.tensor(40.0), OFFSET_LIMIT, SHIFTED, 1.0), flags=flags)
+    assert (code, count) == (SHIFTED, 2**24 + 1)
 
 
 def few_ulps_wide(level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

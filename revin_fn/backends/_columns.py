@@ -34,7 +34,7 @@ from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
-from ._checks import OFFSET_LIMIT, OVERFLOW, REDONE, SHIFTED, check_code, steps
+from ._checks import OFFSET_LIMIT, OVERFLOW, REDO_OFFSET, REDONE, SHIFTED, check_code, steps
 from ._group_norm import needs_grad, vjp_by_ops
 from ._rows_redo import REDO_MIN, REDO_SHARE
 
@@ -56,12 +56,12 @@ def normalize_columns(
         spreads = (mean / scale).abs()
         if gamma is not None:
             spreads = spreads * torch.linalg.vector_norm(gamma.detach(), math.inf).clamp_(min=1)
-        far = spreads > OFFSET_LIMIT if values.numel() >= REDO_MIN else None  # counted too
+        far = spreads > REDO_OFFSET if values.numel() >= REDO_MIN else None  # counted too
         largest = torch.finfo(scale.dtype).max
         code, count = check_code(
             (torch.linalg.vector_norm(spreads, math.inf), OFFSET_LIMIT, SHIFTED, 1.0),
             (scale.amax(), largest, OVERFLOW, 1.0),
-            count=None if far is None else far.sum(dtype=spreads.dtype),
+            flags=far,
         )
     loc = mean
     if code == SHIFTED and 0 < count <= REDO_SHARE * mean.numel():  # only those instances

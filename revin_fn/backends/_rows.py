@@ -46,6 +46,7 @@ from ._checks import (
     OFFSET_LIMIT,
     OVERFLOW,
     QUIET,
+    REDO_OFFSET,
     REDONE,
     SHIFTED,
     check_code,
@@ -172,10 +173,10 @@ def _forward(
     checks.append((torch.linalg.vector_norm(offset, math.inf), OFFSET_LIMIT, SHIFTED, 1.0))
     needy = None
     if x.numel() >= REDO_MIN:  # the rows a remedy rewrites, counted in the same read
-        needy = offset.abs() > OFFSET_LIMIT
+        needy = offset.abs() > REDO_OFFSET
         if clamp:
             needy |= rstd > limit
-    code, count = check_code(*checks, count=None if needy is None else needy.sum(dtype=x.dtype))
+    code, count = check_code(*checks, flags=needy)
     guarded = gamma
     if code & GUARDED:
         guarded = _reference.guard_gamma(gamma, eps)  # type: ignore[arg-type]
