@@ -36,7 +36,7 @@ from .._patterns import Layout
 from .._reference import Frame
 from ._checks import OFFSET_LIMIT, OVERFLOW, REDO_OFFSET, REDONE, SHIFTED, check_code, steps
 from ._group_norm import needs_grad, vjp_by_ops
-from ._rows_redo import REDO_MIN, REDO_SHARE
+from ._rows_redo import REDO_MIN, REDO_SHARE, flagged_index, merge
 
 ROWS = Layout("v t", 2, ("v", "t"), 1, 0)  # gathered instances, one row each
 
@@ -95,7 +95,7 @@ def _redo(
     """The ``count`` instances flagged in ``far`` (of the statistics' shape) gathered as rows,
     normalized by the reference math and written back into ``y``; returns ``y`` and the merged
     location, variance and scale. Every step is differentiable."""
-    index = torch.topk(far.view(-1).to(x.dtype), count, sorted=False).indices
+    index = flagged_index(far, count)
     instances = [size for axis, size in enumerate(far.shape) if axis != layout.time]
     where = torch.unravel_index(index, instances)
     rows = x.movedim(layout.time, -1)[where]  # (count, time)
@@ -104,12 +104,13 @@ def _redo(
     assert frame.variance is not None  # the reference computes it
     rows_scale = _reference.scale_from_variance(frame.variance, options.eps, options.eps_mode)
     y.movedim(layout.time, -1)[where] = rows_y
-
-    def merged(full: Tensor, redone: Tensor) -> Tensor:
-        return full.reshape(-1).index_copy(0, index, redone.reshape(-1)).view_as(full)
-
     mean, variance, scale = first
-    return y, merged(mean, frame.loc), merged(variance, frame.variance), merged(scale, rows_scale)
+    return (
+        y,
+        merge(mean, index, frame.loc),
+        merge(variance, index, frame.variance),
+        merge(scale, index, rows_scale),
+    )
 
 
 def _attempt(

@@ -49,7 +49,7 @@ def redo(
     ``y`` and the per-row mean, rstd and shift (0 on the other rows), merged."""
     mean, rstd = first
     length = grid.length
-    index = torch.topk(needy.view(-1).to(mean.dtype), count, sorted=False).indices
+    index = flagged_index(needy, count)
     shift = mean.view(-1).index_select(0, index)
     source = x.view(-1, length).index_select(0, index).sub_(shift.unsqueeze(-1))
     variate = index % grid.channels
@@ -62,8 +62,16 @@ def redo(
         if bias is not None:
             part = part.add_(bias.view(-1, 1) * (1 - ratio))
     y.view(-1, length).index_copy_(0, index, part)
+    merged_mean, merged_rstd = merge(mean, index, part_mean), merge(rstd, index, part_rstd)
+    return y, merged_mean, merged_rstd, torch.where(needy, mean, 0)
 
-    def merged(full: Tensor, redone: Tensor) -> Tensor:
-        return full.view(-1).index_copy(0, index, redone.view(-1)).view_as(full)
 
-    return y, merged(mean, part_mean), merged(rstd, part_rstd), torch.where(needy, mean, 0)
+def flagged_index(flags: Tensor, count: int) -> Tensor:
+    """The flat indices of the ``count`` elements set in ``flags``, without a host read."""
+    return torch.topk(flags.view(-1).to(torch.uint8), count, sorted=False).indices
+
+
+def merge(full: Tensor, index: Tensor, redone: Tensor) -> Tensor:
+    """``full`` with its elements at the flat ``index`` replaced by ``redone`` (out of place,
+    differentiable)."""
+    return full.reshape(-1).index_copy(0, index, redone.reshape(-1)).view_as(full)
