@@ -36,7 +36,7 @@ from .._patterns import Layout
 from .._reference import Frame
 from ._checks import OFFSET_LIMIT, OVERFLOW, REDO_OFFSET, REDONE, SHIFTED, check_code, steps
 from ._group_norm import needs_grad, vjp_by_ops
-from ._rows_redo import REDO_MIN, REDO_SHARE, flagged_index, merge
+from ._rows_redo import REDO_MIN, flagged_index, merge, redo_pays
 
 ROWS = Layout("v t", 2, ("v", "t"), 1, 0)  # gathered instances, one row each
 
@@ -64,7 +64,7 @@ def normalize_columns(
             flags=far,
         )
     loc = mean
-    if code == SHIFTED and 0 < count <= REDO_SHARE * mean.numel():  # only those instances
+    if redo_pays(code, count, mean.numel(), values.numel()):  # only the instances far from 0
         assert far is not None  # counted
         code |= REDONE
         first = (mean, variance, scale)

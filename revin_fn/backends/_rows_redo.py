@@ -1,9 +1,10 @@
-"""The row route's remedies on the flagged rows only: gathered, normalized again, written back.
+"""The remedies on the flagged rows only: gathered, normalized again, written back.
 
 Where the one check of a forward finds a few rows needing a remedy (far from 0 for their spread,
 or below the eps floor), only those rows are shifted by their first-pass mean and normalized
 once more, instead of a second pass over every row. The rows are found with ``topk`` on the
-flags, since their count comes back with the check's one host read.
+flags, since their count comes back with the check's one host read. The row route's redo is
+here; the column route (``_columns``) shares the decision, the index and the merge.
 """
 
 from __future__ import annotations
