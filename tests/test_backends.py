@@ -278,6 +278,22 @@ def test_the_count_of_flagged_rows_is_exact_past_float32():
     assert (code, count) == (SHIFTED, 2**24 + 1)
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("x_grad", [False, True])
+@pytest.mark.parametrize(("offset", "route"), [(0.0, "rows"), (1e5, "rows+shifted")])
+def test_long_rows_have_gradients_as_exact_as_the_reference(backend, offset, route, x_grad):
+    """Rows of 2**17 steps: gamma's and beta's gradients sum over each row exactly enough (the
+    group-norm kernel's own running sums lose 10 to 50 times more)."""
+    x = torch.randn(1, 2, 2**17, generator=torch.Generator().manual_seed(0)) * 2 + offset
+    gamma, beta = torch.tensor([1.3, -0.7]), torch.tensor([0.2, -0.1])
+    options = {"pattern": "b v t", "x_grad": x_grad}
+    fast, calls = run(backend, x, gamma, beta, **options)
+    ref, _ = run("reference", x, gamma, beta, **options)
+    truth, _ = run("reference", x.double(), gamma.double(), beta.double(), **options)
+    assert calls[0] == (backend, route)
+    assert_as_accurate_as_reference(fast, ref, truth, 1.0)
+
+
 def few_ulps_wide(level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of two rows: an ordinary one and one 2 ulps wide at ``level``, with unit affine."""
     x = torch.randn(2, 1, 336, generator=torch.Generator().manual_seed(0)) * 0.1

@@ -24,7 +24,8 @@ Where ``x`` takes a gradient, the whole route, the Frame's gain and offset inclu
 autograd node (``_Rows``) with a fused backward (``_rows_backward``) that reads no value;
 recorded for double backward, that backward is the vector-Jacobian product of the reference
 formula. Where it takes none (data, as in training), the mean and ``1 / std`` are constants and
-autograd records the few operations on gamma and beta itself.
+autograd records the few operations on gamma and beta itself, except on rows of
+``LONG_ROWS`` steps or more, whose gamma and beta gradients the fused backward sums itself.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from ._checks import (
     steps,
 )
 from ._group_norm import Grid, group_norm, needs_grad, vjp_by_ops
-from ._rows_backward import backward
+from ._rows_backward import LONG_ROWS, backward
 from ._rows_redo import REDO_MIN, redo, redo_pays
 
 
@@ -104,7 +105,7 @@ def normalize_rows(
     stats_shape = (*shape[:time], 1, *shape[time:-1])  # in layout, time kept with size 1
     weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
     grid = Grid(values.numel() // (channels * shape[-1]), channels, shape[-1], stats_shape)
-    if needs_grad(values):
+    if needs_grad(values) or (shape[-1] >= LONG_ROWS and needs_grad(gamma, beta)):
         y, loc, gain, offset, variance, code = _Rows.apply(  # type: ignore[no-untyped-call]
             values, weight, bias, grid, options
         )

@@ -1,9 +1,10 @@
 """The row route's fused backward: the gradients of ``_rows._Rows`` without a second graph.
 
-The output's part is the group-norm kernel's own backward where it is exact, two reductions
-where a row below the eps floor passes gradient to ``x``; every statistic's gradient (``loc``,
-``gain``, ``offset``, ``variance``) becomes per-row terms, added to ``x``'s through the mean and
-the variance. It reads no value on the host.
+The output's part is the group-norm kernel's own backward where it is exact, and torch.sum
+reductions over time on rows of ``LONG_ROWS`` steps or more (the kernel's running float32 sums
+lose accuracy with length) or where a row below the eps floor passes gradient to ``x``. Every
+statistic's gradient (``loc``, ``gain``, ``offset``, ``variance``) becomes per-row terms, added
+to ``x``'s through the mean and the variance. It reads no value on the host.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from torch import Tensor
 
 from ._checks import CLAMPED, GUARDED, QUIET
 from ._group_norm import unit_weight
+
+# From this many steps per row the backward sums over time with torch.sum, not in the kernel:
+# its running float32 sums of dy and dy * x lose 2 to 4 times more than the reference below
+# 2**12 steps, about 10 times more from 2**14, and 1e-4 of x's gradient at 2**17 where dy is
+# nearly constant along the row (docs/design.md).
+LONG_ROWS = 2**12
 
 if TYPE_CHECKING:
     from .._options import Options
@@ -40,7 +47,8 @@ def backward(
     ``offset = loc - beta * gain``, every output's gradient becomes per-row gradients of
     ``loc``, ``scale``, ``gamma'`` and ``beta``; ``x`` gets ``k * dy`` plus the mean's and the
     variance's terms (none with ``detach``). The output's part is the kernel's fused backward
-    unless a row below the eps floor passes gradient to ``x``; then two reductions. With
+    except on long rows or where a row below the eps floor passes gradient to ``x``; there
+    torch.sum reductions. With
     ``detach``, ``x`` takes no gradient through the statistics and only gamma' and beta
     collect the per-row terms.
     """
@@ -55,12 +63,14 @@ def backward(
     # a row below eps: its gradient is far smaller than the kernel's terms (1 / scale times dy),
     # which cancel in the kernel's backward; the reductions below keep it exact
     quiet = bool(code & (CLAMPED | QUIET))
+    # the kernel sums each row in running float32 sums, which lose accuracy on long rows
+    reduced = length >= LONG_ROWS or (quiet and through_statistics)
     source = x.view(batch, channels, length)
     if rows.shift is not None:
         source = source - rows.shift.unsqueeze(-1)  # as the forward's second pass read it
     grad_x = grad_gamma = grad_beta = None
     d_loc, d_scale, d_gamma, d_beta = g_loc, None, None, None  # per row
-    if g_y is not None and not (quiet and through_statistics):
+    if g_y is not None and not reduced:
         # the output's part in one fused pass: the kernel's own backward, with 1 / scale as
         # its rstd (exact for every row unless a row below eps passes gradient to x)
         mask = [through_statistics, want_gamma, want_beta]
@@ -71,13 +81,15 @@ def backward(
             )  # fmt: skip
         if needs[0] and options.detach:
             grad_x = g_y * _factor(rows).unsqueeze(-1)
-    elif g_y is not None:
+    elif g_y is not None:  # the same terms from torch.sum reductions over time
         factor = _factor(rows)
         total = g_y.sum(-1)
-        moment = (g_y * source).sum(-1) - rows.center * total  # sum over time of dy * (x - loc)
-        d_loc = _plus(d_loc, -factor * total)
-        d_scale, d_gamma, d_beta = -factor * inverse * moment, moment * inverse, total
-        grad_x = g_y * factor.unsqueeze(-1)
+        d_loc, d_beta = _plus(d_loc, -factor * total), total
+        if through_statistics or want_gamma:
+            moment = _moment(g_y, source, rows.center)
+            d_scale, d_gamma = -factor * inverse * moment, moment * inverse
+        if needs[0]:
+            grad_x = g_y * factor.unsqueeze(-1)
     # gain = scale / gamma' and offset = loc - beta * gain
     d_gain = g_gain
     if g_offset is not None:
@@ -96,7 +108,7 @@ def backward(
         if want_gamma:
             d_gamma = _plus(d_gamma, -through_scale * gain)
     used = any(g is not None for g in (g_loc, g_gain, g_offset, g_variance))
-    if through_statistics and (used or grad_x is None or quiet):
+    if through_statistics and (used or grad_x is None or reduced):
         d_variance = g_variance
         if d_scale is not None:
             slope = 0.5 * inverse  # d scale / d variance (0 where the eps clamp holds)
@@ -122,6 +134,12 @@ def backward(
     if want_beta and d_beta is not None:
         grad_beta = _plus(grad_beta, d_beta.sum(0))
     return grad_x, grad_gamma, grad_beta
+
+
+def _moment(g_y: Tensor, source: Tensor, center: Tensor) -> Tensor:
+    """Per row, the sum over time of ``dy * (source - center)``, centered before the product
+    (the sums of ``dy * source`` and ``dy`` would cancel at the size of the offset)."""
+    return torch.sub(source, center.unsqueeze(-1)).mul_(g_y).sum(-1)
 
 
 def _factor(rows: Rows) -> Tensor:
