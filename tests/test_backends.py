@@ -294,6 +294,25 @@ def test_long_rows_have_gradients_as_exact_as_the_reference(backend, offset, rou
     assert_as_accurate_as_reference(fast, ref, truth, 1.0)
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("x_grad", [False, True])
+@pytest.mark.parametrize(("pattern", "route"), [("b v t", "rows"), ("b t v", "moved rows")])
+def test_many_rows_per_variate_have_gradients_as_exact_as_the_reference(backend, pattern, route,
+                                                                          x_grad):  # fmt: skip
+    """2**15 rows share each weight: gamma's and beta's gradients sum over them exactly enough
+    (the kernel's own running sums over the batch lose 20 times more)."""
+    x = torch.randn(2**15, 1, 24, generator=torch.Generator().manual_seed(0)) * 2 + 3
+    if pattern == "b t v":
+        x = x.transpose(1, 2).contiguous()
+    options = {"pattern": pattern, "x_grad": x_grad}
+    fast, calls = run(backend, x, torch.tensor([1.3]), torch.tensor([0.2]), **options)
+    ref, _ = run("reference", x, torch.tensor([1.3]), torch.tensor([0.2]), **options)
+    truth, _ = run("reference", x.double(), torch.tensor([1.3]).double(),
+                   torch.tensor([0.2]).double(), **options)  # fmt: skip
+    assert calls[0] == (backend, route)
+    assert_as_accurate_as_reference(fast, ref, truth, 1.0)
+
+
 def few_ulps_wide(level: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of two rows: an ordinary one and one 2 ulps wide at ``level``, with unit affine."""
     x = torch.randn(2, 1, 336, generator=torch.Generator().manual_seed(0)) * 0.1

@@ -25,7 +25,7 @@ autograd node (``_Rows``) with a fused backward (``_rows_backward``) that reads 
 recorded for double backward, that backward is the vector-Jacobian product of the reference
 formula. Where it takes none (data, as in training), the mean and ``1 / std`` are constants and
 autograd records the few operations on gamma and beta itself, except on rows of
-``LONG_ROWS`` steps or more, whose gamma and beta gradients the fused backward sums itself.
+``KERNEL_SUM_MAX`` steps or more, whose gamma and beta gradients the fused backward sums itself.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from ._checks import (
     steps,
 )
 from ._group_norm import Grid, group_norm, needs_grad, vjp_by_ops
-from ._rows_backward import LONG_ROWS, backward
+from ._rows_backward import KERNEL_SUM_MAX, backward
 from ._rows_redo import REDO_MIN, redo, redo_pays
 
 
@@ -69,17 +69,22 @@ def kernel_floor(values: Tensor, options: Options) -> float:
 def _weights(
     gamma: Tensor | None, beta: Tensor | None, layout: Layout, shape: tuple[int, ...]
 ) -> tuple[Tensor | None, Tensor | None, int]:
-    """Affine vectors for the kernel and its channel count (rows per period of the weights)."""
+    """Affine vectors for the kernel and its channel count (rows per period of the weights).
+
+    The weights repeat every V rows where the variate is the last axis besides time, unless
+    they would repeat over ``KERNEL_SUM_MAX`` rows or more: the kernel's backward sums gamma's
+    and beta's gradients over those rows in running float32 sums. Otherwise each row has its
+    own weight (expanded, so autograd sums over the rows with torch.sum)."""
     if gamma is None and beta is None:
         return None, None, 1
     last = layout.ndim - 1 if layout.time != layout.ndim - 1 else layout.ndim - 2
-    if layout.variate == last:  # the last axis besides time: the weights repeat every V rows
+    count = math.prod(shape)
+    if layout.variate == last and count < KERNEL_SUM_MAX * shape[last]:
         return (
             None if gamma is None else gamma.contiguous(),
             None if beta is None else beta.contiguous(),
             shape[last],
         )
-    count = math.prod(shape)
     view = layout.variate_view(shape[layout.variate])  # type: ignore[index]
     return (  # the kernel reads its weights as contiguous vectors
         None if gamma is None else gamma.view(view).expand(shape).reshape(count).contiguous(),
@@ -105,7 +110,7 @@ def normalize_rows(
     stats_shape = (*shape[:time], 1, *shape[time:-1])  # in layout, time kept with size 1
     weight, bias, channels = _weights(gamma, beta, layout, stats_shape)
     grid = Grid(values.numel() // (channels * shape[-1]), channels, shape[-1], stats_shape)
-    if needs_grad(values) or (shape[-1] >= LONG_ROWS and needs_grad(gamma, beta)):
+    if needs_grad(values) or (shape[-1] >= KERNEL_SUM_MAX and needs_grad(gamma, beta)):
         y, loc, gain, offset, variance, code = _Rows.apply(  # type: ignore[no-untyped-call]
             values, weight, bias, grid, options
         )

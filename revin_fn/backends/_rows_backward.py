@@ -1,8 +1,8 @@
 """The row route's fused backward: the gradients of ``_rows._Rows`` without a second graph.
 
 The output's part is the group-norm kernel's own backward where it is exact, and torch.sum
-reductions over time on rows of ``LONG_ROWS`` steps or more (the kernel's running float32 sums
-lose accuracy with length) or where a row below the eps floor passes gradient to ``x``. Every
+reductions where it would sum ``KERNEL_SUM_MAX`` terms or more (its running float32 sums lose
+accuracy with their length) or where a row below the eps floor passes gradient to ``x``. Every
 statistic's gradient (``loc``, ``gain``, ``offset``, ``variance``) becomes per-row terms, added
 to ``x``'s through the mean and the variance. It reads no value on the host.
 """
@@ -17,11 +17,14 @@ from torch import Tensor
 from ._checks import CLAMPED, GUARDED, QUIET
 from ._group_norm import unit_weight
 
-# From this many steps per row the backward sums over time with torch.sum, not in the kernel:
-# its running float32 sums of dy and dy * x lose 2 to 4 times more than the reference below
-# 2**12 steps, about 10 times more from 2**14, and 1e-4 of x's gradient at 2**17 where dy is
-# nearly constant along the row (docs/design.md).
-LONG_ROWS = 2**12
+# The kernel's backward sums in running float32 sums: along each row, and over the rows that
+# share a weight for gamma's and beta's gradients. From KERNEL_SUM_MAX steps per row the backward
+# sums with torch.sum instead, and the row route gives each row its own weight from that many rows
+# per variate (``_rows._weights``). The kernel's gradients are 2 to 4 times less exact than the
+# reference's below 2**12 steps, 10 to 20 times at 2**14; x's was 1.7e-4 off at 2**17 steps where
+# dy is nearly constant along the row, gamma's and beta's 1.2e-5 over 2**15 rows against 4.4e-7
+# (docs/design.md).
+KERNEL_SUM_MAX = 2**12
 
 if TYPE_CHECKING:
     from .._options import Options
@@ -64,7 +67,7 @@ def backward(
     # which cancel in the kernel's backward; the reductions below keep it exact
     quiet = bool(code & (CLAMPED | QUIET))
     # the kernel sums each row in running float32 sums, which lose accuracy on long rows
-    reduced = length >= LONG_ROWS or (quiet and through_statistics)
+    reduced = length >= KERNEL_SUM_MAX or (quiet and through_statistics)
     source = x.view(batch, channels, length)
     if rows.shift is not None:
         source = source - rows.shift.unsqueeze(-1)  # as the forward's second pass read it
