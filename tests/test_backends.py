@@ -223,6 +223,41 @@ def test_constant_rows_far_from_zero_are_exact(backend, pattern, route, detach, 
 
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize(
+    ("pattern", "sizes", "level", "route"),
+    [
+        ("b t v", (2, 1024, 40), 1e8, "columns+shifted"),
+        ("b t v", (2, 1024, 40), 1e20, "columns+shifted"),
+        ("b t v", (2, 1024, 40), 1e30, "columns+shifted+overflow"),
+        ("b t v", (2, 1024, 40), -1e34, "columns+shifted"),
+        ("b v t", (2, 40, 1024), 1e20, "rows+shifted+clamped+overflow"),
+        ("b v t", (2, 40, 1024), 1e30, "rows+shifted+clamped+overflow"),
+    ],
+)
+def test_a_constant_window_far_from_zero_is_exact(backend, pattern, sizes, level, route):
+    """A constant window far from 0 is a few ulps of its level from 0 after the shift, so many
+    of its sqrt(eps) spreads: its output is still beta. At 1e30 the squares of the ulps its
+    first-pass mean is off by are past the float range, which takes the shifted pass too."""
+    x = torch.randn(sizes, generator=torch.Generator().manual_seed(0))
+    instance = (0, slice(None), 3) if pattern == "b t v" else (0, 3)
+    x[instance] = level
+    gamma, beta = torch.linspace(0.5, 1.5, 40), torch.linspace(-0.2, 0.2, 40)
+    results, routes = {}, {}
+    for name in (backend, "reference"):
+        leaves = [t.clone().requires_grad_() for t in (x, gamma, beta)]
+        with backends.use(name), backends.record() as calls:
+            y, _, stats = revin(*leaves, pattern=pattern, return_statistics=True)
+            weights = torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view(y.shape)
+            grads = torch.autograd.grad((y * weights).sum(), leaves)
+        results[name], routes[name] = (y.detach(), stats.mean, stats.variance, *grads), calls[0]
+    assert routes[backend] == (backend, route)
+    fast, ref = results[backend], results["reference"]
+    assert torch.equal(fast[0][instance], beta[3].expand_as(fast[0][instance]))
+    for got, want in zip(fast, ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize(
     ("values", "eps"),
     [
         ([1e4] * 39 + [1.0000001e4], 1e-5),  # one ulp wide, far from 0: the kernel's variance is 0

@@ -15,7 +15,9 @@ same few passes (the group-norm backward, reductions along the time axis).
 The two-pass variance is accurate while the mean is accurate, and the fused output rounds at the
 size of ``mean * factor``: when some instance's ``|mean| / scale * max(|gamma'|, 1)`` exceeds
 ``OFFSET_LIMIT`` (or is not finite), which one host read tells, the call goes once more through
-these passes after subtracting each instance's first-pass mean. The eps rule is applied to the
+these passes after subtracting each instance's first-pass mean, as it does where some scale
+is past the float range (a constant instance near it squares the ulps its mean is off by,
+1e30 squares to infinity). The eps rule is applied to the
 variance computed here, so instances with a variance below eps need nothing more. The backward
 is fused; recorded for double backward, it is the vector-Jacobian product of the same formula in
 differentiable ops.
@@ -71,10 +73,12 @@ def normalize_columns(
         y, loc, variance, scale = _redo(
             values, y, first, far, count, (gamma, beta), layout, options
         )
-    elif code & SHIFTED:
+    elif code & (SHIFTED | OVERFLOW):  # an overflow can come from the first pass's mean
+        code |= SHIFTED
         shift = mean.detach()
         del y
-        y, mean, variance, scale = _attempt(values - shift, gamma, beta, layout.time, options)
+        source = values - shift
+        y, mean, variance, scale = _attempt(source, gamma, beta, layout.time, options, True)
         loc = shift + mean
     if code & OVERFLOW:  # a scale past the float range: NaN, not 0, and a NaN reverse
         scale = torch.where(scale.isinf(), float("nan"), scale)
@@ -114,30 +118,52 @@ def _redo(
 
 
 def _attempt(
-    source: Tensor, gamma: Tensor | None, beta: Tensor | None, time: int, options: Options
+    source: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    time: int,
+    options: Options,
+    centered: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if needs_grad(source, gamma, beta):
         y, mean, variance = _ColumnNorm.apply(  # type: ignore[no-untyped-call]
-            source, gamma, beta, time, options
+            source, gamma, beta, time, options, centered
         )
         scale = _reference.scale_from_variance(variance, options.eps, options.eps_mode)
         return y, mean, variance, scale
-    return _forward(source, gamma, beta, time, options)
+    return _forward(source, gamma, beta, time, options, centered)
 
 
 def _forward(
-    source: Tensor, gamma: Tensor | None, beta: Tensor | None, time: int, options: Options
+    source: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    time: int,
+    options: Options,
+    centered: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(y, mean, variance, scale)`` in three reductions and two element-wise passes."""
+    """``(y, mean, variance, scale)`` in three reductions and two element-wise passes.
+
+    ``centered`` (the shifted pass): ``y = (source - mean) * factor + beta`` with the deviations
+    written first, one pass more. There an instance can still sit far from 0 for its spread: a
+    constant one is a few ulps of its level from 0 after the shift, and its spread is sqrt(eps).
+    """
     mean = source.mean(time, keepdim=True)
-    squares = torch.ops.aten.mse_loss.out(
-        source, mean.expand_as(source), 0, out=torch.empty_like(source)
-    )
-    variance = squares.mean(time, keepdim=True)
+    if centered:
+        deviation = source - mean
+        variance = deviation.square().mean(time, keepdim=True)
+    else:
+        deviation = torch.ops.aten.mse_loss.out(
+            source, mean.expand_as(source), 0, out=torch.empty_like(source)
+        )  # the squares, then y in the same buffer
+        variance = deviation.mean(time, keepdim=True)
     scale = _reference.scale_from_variance(variance, options.eps, options.eps_mode)
     factor = scale.reciprocal() if gamma is None else gamma / scale
+    if centered:
+        y = deviation.mul_(factor)
+        return (y if beta is None else y.add_(beta)), mean, variance, scale
     bias = mean * -factor if beta is None else torch.addcmul(beta, mean, factor, value=-1)
-    return torch.addcmul(bias, source, factor, out=squares), mean, variance, scale
+    return torch.addcmul(bias, source, factor, out=deviation), mean, variance, scale
 
 
 class _ColumnNorm(torch.autograd.Function):
@@ -152,11 +178,12 @@ class _ColumnNorm(torch.autograd.Function):
         beta: Tensor | None,
         time: int,
         options: Options,
+        centered: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        y, mean, variance, scale = _forward(source, gamma, beta, time, options)
+        y, mean, variance, scale = _forward(source, gamma, beta, time, options, centered)
         ctx.save_for_backward(source, gamma, mean, variance, scale, beta)  # type: ignore[arg-type]
         ctx.set_materialize_grads(False)
-        ctx.time, ctx.options = time, options  # type: ignore[attr-defined]
+        ctx.time, ctx.options, ctx.centered = time, options, centered  # type: ignore[attr-defined]
         ctx.beta_shape = None if beta is None else beta.shape  # type: ignore[attr-defined]
         if options.detach or not ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
             ctx.mark_non_differentiable(mean, variance)
@@ -179,8 +206,11 @@ class _ColumnNorm(torch.autograd.Function):
         if grad_y is not None:
             total = grad_y.sum(time, keepdim=True)
             if need_gamma or (need_x and not options.detach):
-                # sum_t grad_y * (x - mean)
-                moment = torch.sum(grad_y * source, time, keepdim=True).sub_(mean * total)
+                # sum_t grad_y * (x - mean), centered first on the shifted pass (see _forward)
+                if ctx.centered:
+                    moment = torch.sum((source - mean).mul_(grad_y), time, keepdim=True)
+                else:
+                    moment = torch.sum(grad_y * source, time, keepdim=True).sub_(mean * total)
                 if need_gamma:
                     grad_gamma = (moment / scale).sum_to_size(gamma.shape)
                 if need_x and not options.detach:
@@ -201,7 +231,7 @@ class _ColumnNorm(torch.autograd.Function):
                     slope = d_variance * (2 / length)
                     shift = -slope * mean if shift is None else shift - slope * mean
             grad_x = _affine_sum(source, grad_y, gain, slope, shift)
-        return grad_x, grad_gamma, grad_beta, None, None
+        return grad_x, grad_gamma, grad_beta, None, None, None
 
 
 def _backward_by_ops(
@@ -213,7 +243,7 @@ def _backward_by_ops(
     outputs = _forward_by_ops(source, gamma, beta, ctx.time, ctx.options)
     grads = (grad_y, grad_mean, grad_variance)
     needs = ctx.needs_input_grad[:3]
-    return (*vjp_by_ops(outputs, grads, (source, gamma, beta), needs), None, None)
+    return (*vjp_by_ops(outputs, grads, (source, gamma, beta), needs), None, None, None)
 
 
 def _forward_by_ops(
