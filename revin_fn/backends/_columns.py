@@ -145,25 +145,24 @@ def _forward(
     """``(y, mean, variance, scale)`` in three reductions and two element-wise passes.
 
     ``centered`` (the shifted pass): ``y = (source - mean) * factor + beta`` with the deviations
-    written first, one pass more. There an instance can still sit far from 0 for its spread: a
-    constant one is a few ulps of its level from 0 after the shift, and its spread is sqrt(eps).
+    written first (into the squares' buffer), one pass more. There an instance can still sit
+    far from 0 for its spread: a constant one is a few ulps of its level from 0 after the
+    shift, and its spread is sqrt(eps).
     """
     mean = source.mean(time, keepdim=True)
-    if centered:
-        deviation = source - mean
-        variance = deviation.square().mean(time, keepdim=True)
-    else:
-        deviation = torch.ops.aten.mse_loss.out(
-            source, mean.expand_as(source), 0, out=torch.empty_like(source)
-        )  # the squares, then y in the same buffer
-        variance = deviation.mean(time, keepdim=True)
+    squares = torch.ops.aten.mse_loss.out(
+        source, mean.expand_as(source), 0, out=torch.empty_like(source)
+    )  # then y in the same buffer
+    variance = squares.mean(time, keepdim=True)
     scale = _reference.scale_from_variance(variance, options.eps, options.eps_mode)
     factor = scale.reciprocal() if gamma is None else gamma / scale
     if centered:
-        y = deviation.mul_(factor)
-        return (y if beta is None else y.add_(beta)), mean, variance, scale
+        deviation = torch.sub(source, mean, out=squares)
+        if beta is None:
+            return deviation.mul_(factor), mean, variance, scale
+        return torch.addcmul(beta, deviation, factor, out=deviation), mean, variance, scale
     bias = mean * -factor if beta is None else torch.addcmul(beta, mean, factor, value=-1)
-    return torch.addcmul(bias, source, factor, out=deviation), mean, variance, scale
+    return torch.addcmul(bias, source, factor, out=squares), mean, variance, scale
 
 
 class _ColumnNorm(torch.autograd.Function):
