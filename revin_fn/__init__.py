@@ -16,9 +16,10 @@ class RevINTypeError(RevINError, TypeError):
 
 
 from ._reverse import ReverseFn  # noqa: E402
-from .dataset import Normalization, adapt, normalize  # noqa: E402
+from .dataset import adapt, normalize  # noqa: E402
 from .functional import Statistics, reverse, revin  # noqa: E402
 from .module import RevIN  # noqa: E402
+from .normalization import Normalization  # noqa: E402
 
 __all__ = [
     "Normalization",

@@ -2,6 +2,7 @@
 
 import io
 import itertools
+import pickle
 
 import numpy as np
 import pytest
@@ -269,6 +270,17 @@ def test_normalization_state_dict_round_trip(tmp_path):
     buffer.seek(0)
     model = torch.load(buffer, weights_only=False)
     torch.testing.assert_close(model[0](x)[0], norm(x)[0])
+
+
+def test_whole_module_pickles_naming_the_0_1_0_module_load(monkeypatch):
+    """0.1.0 defined Normalization in revin_fn.dataset: pickles of whole models name it there."""
+    norm = Normalization(5).adapt(dataset())
+    monkeypatch.setattr(Normalization, "__module__", "revin_fn.dataset")
+    stream = pickle.dumps(torch.nn.Sequential(norm))
+    monkeypatch.undo()
+    assert b"revin_fn.dataset" in stream and b"revin_fn.normalization" not in stream
+    x = dataset(n=2)
+    torch.testing.assert_close(pickle.loads(stream)[0](x)[0], norm(x)[0])
 
 
 def test_normalization_bad_arguments():
