@@ -233,9 +233,12 @@ def test_constant_rows_far_from_zero_are_exact(backend, pattern, route, detach, 
         ("b v t", (2, 40, 1024), 1e30, "rows+shifted+clamped+overflow"),
     ],
 )
-def test_a_constant_window_far_from_zero_is_exact(backend, pattern, sizes, level, route):
+@pytest.mark.parametrize("eps_mode", ["clamp", "add"])
+def test_a_constant_window_far_from_zero_is_exact(backend, pattern, sizes, level, route,
+                                                  eps_mode):  # fmt: skip
     """A constant window far from 0 is a few ulps of its level from 0 after the shift, so many
-    of its sqrt(eps) spreads: its output is still beta. At 1e30 the squares of the ulps its
+    of its sqrt(eps) spreads: its output is still beta, and its gradients through the output,
+    a forecast and the statistics are the reference's. At 1e30 the squares of the ulps its
     first-pass mean is off by are past the float range, which takes the shifted pass too."""
     x = torch.randn(sizes, generator=torch.Generator().manual_seed(0))
     instance = (0, slice(None), 3) if pattern == "b t v" else (0, 3)
@@ -245,11 +248,18 @@ def test_a_constant_window_far_from_zero_is_exact(backend, pattern, sizes, level
     for name in (backend, "reference"):
         leaves = [t.clone().requires_grad_() for t in (x, gamma, beta)]
         with backends.use(name), backends.record() as calls:
-            y, _, stats = revin(*leaves, pattern=pattern, return_statistics=True)
+            y, reverse_fn, stats = revin(*leaves, pattern=pattern, eps=1e-8, eps_mode=eps_mode,
+                                         return_statistics=True)  # fmt: skip
             weights = torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view(y.shape)
-            grads = torch.autograd.grad((y * weights).sum(), leaves)
+            horizon = weights.narrow(pattern.split().index("t"), 0, 7)
+            loss = (y * weights).sum() + (reverse_fn(horizon) * horizon).sum()
+            loss = loss + stats.mean.sum() + stats.variance.sum() * 0.5
+            grads = torch.autograd.grad(loss, leaves)
         results[name], routes[name] = (y.detach(), stats.mean, stats.variance, *grads), calls[0]
-    assert routes[backend] == (backend, route)
+    assert routes[backend] == (
+        backend,
+        route.replace("+clamped", "+clamped" * (eps_mode == "clamp")),
+    )
     fast, ref = results[backend], results["reference"]
     assert torch.equal(fast[0][instance], beta[3].expand_as(fast[0][instance]))
     for got, want in zip(fast, ref, strict=True):

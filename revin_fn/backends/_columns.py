@@ -199,20 +199,25 @@ class _ColumnNorm(torch.autograd.Function):
         need_x, need_gamma, need_beta = ctx.needs_input_grad[:3]
         length = source.shape[time]
         gain = scale.reciprocal() if gamma is None else gamma / scale  # dy/dx at fixed statistics
-        # grad_x = gain * grad_y + slope * x + shift, with per-instance slope and shift
+        # grad_x = gain * grad_y + slope * (x - mean) + shift, with per-instance slope and shift;
+        # on the shifted pass x - mean is written first (see _forward), elsewhere the mean's
+        # term joins the shift
+        through_statistics = need_x and not options.detach
+        deviation = None
+        if ctx.centered and (need_gamma or through_statistics):
+            deviation = source - mean
         slope = shift = d_variance = None
         grad_gamma = grad_beta = None
         if grad_y is not None:
             total = grad_y.sum(time, keepdim=True)
-            if need_gamma or (need_x and not options.detach):
-                # sum_t grad_y * (x - mean), centered first on the shifted pass (see _forward)
-                if ctx.centered:
-                    moment = torch.sum((source - mean).mul_(grad_y), time, keepdim=True)
+            if need_gamma or through_statistics:  # sum_t grad_y * (x - mean)
+                if deviation is not None:
+                    moment = torch.sum(deviation * grad_y, time, keepdim=True)
                 else:
                     moment = torch.sum(grad_y * source, time, keepdim=True).sub_(mean * total)
                 if need_gamma:
                     grad_gamma = (moment / scale).sum_to_size(gamma.shape)
-                if need_x and not options.detach:
+                if through_statistics:
                     shift = gain * total / -length
                     # y depends on the variance through 1 / scale: d(1/scale) = -dscale / scale^2
                     weight = -moment if gamma is None else -gamma * moment
@@ -228,8 +233,10 @@ class _ColumnNorm(torch.autograd.Function):
                     shift = grad_mean / length if shift is None else shift + grad_mean / length
                 if d_variance is not None:  # variance = mean_t((x - mean)^2)
                     slope = d_variance * (2 / length)
-                    shift = -slope * mean if shift is None else shift - slope * mean
-            grad_x = _affine_sum(source, grad_y, gain, slope, shift)
+                    if deviation is None:
+                        shift = -slope * mean if shift is None else shift - slope * mean
+            centred = source if deviation is None else deviation
+            grad_x = _affine_sum(centred, grad_y, gain, slope, shift)
         return grad_x, grad_gamma, grad_beta, None, None, None
 
 
@@ -272,7 +279,8 @@ def _affine_sum(
     slope: Tensor | None,
     shift: Tensor | None,
 ) -> Tensor:
-    """``gain * grad_y + slope * source + shift``, each term only where given."""
+    """``gain * grad_y + slope * source + shift``, each term only where given (``source``: the
+    input, or its deviations from the mean)."""
     if grad_y is None:
         grad = torch.zeros_like(source) if shift is None else shift.expand_as(source).clone()
     elif shift is None:
