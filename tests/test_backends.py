@@ -267,6 +267,40 @@ def test_a_constant_window_far_from_zero_is_exact(backend, pattern, sizes, level
 
 
 @pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("x_grad", [False, True])
+@pytest.mark.parametrize(("pattern", "route"), [("b v t", "rows"), ("b t v", "moved rows")])
+def test_add_mode_variances_far_below_eps_are_exact(backend, pattern, route, x_grad):
+    """With eps_mode="add" the kernel's 1 / sqrt(variance + eps) holds a variance far below eps
+    only to the ulps of eps; the statistics give it to its own rounding, never 0, so a loss on
+    sqrt(variance) has a finite gradient."""
+    x = torch.randn(64, 4, 96, generator=torch.Generator().manual_seed(0))
+    x[3, 1] = x[3, 1] * 1e-4 + 1.0  # variance about 1e-8, eps 1e-3
+    x[7, 2] = x[7, 2] * 1e-3
+    x[5, 0] = x[5, 0] * 1e-6 + 2.0  # about 1e-12
+    if pattern == "b t v":
+        x = x.transpose(1, 2).contiguous()
+    variances, grads = {}, {}
+    for name, dtype in ((backend, torch.float32), ("reference", torch.float32),
+                        ("reference", torch.float64)):  # fmt: skip
+        leaf = x.to(dtype).requires_grad_(x_grad)
+        with backends.use(name), backends.record() as calls:
+            affine = torch.ones(4, dtype=dtype), torch.zeros(4, dtype=dtype)
+            options = {"pattern": pattern, "eps": 1e-3, "eps_mode": "add"}
+            *_, stats = revin(leaf, *affine, **options, return_statistics=True)
+        if x_grad:
+            (grads[name, dtype],) = torch.autograd.grad(stats.variance.sqrt().sum(), leaf)
+        variances[name, dtype] = stats.variance.detach().double()
+        if name == backend:
+            assert calls[0] == (backend, route + "+shifted")  # 1e6 spreads from 0
+    truth = variances["reference", torch.float64]
+    error = ((variances[backend, torch.float32] - truth).abs() / truth).max().item()
+    ref_error = ((variances["reference", torch.float32] - truth).abs() / truth).max().item()
+    assert error <= 4 * ref_error + 1e-6, f"{error:.2e} against {ref_error:.2e}"
+    if x_grad:
+        assert grads[backend, torch.float32].isfinite().all()
+
+
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize(
     ("values", "eps"),
     [
@@ -329,7 +363,7 @@ def test_the_count_of_flagged_rows_is_exact_past_float32():
 def test_long_rows_have_gradients_as_exact_as_the_reference(backend, offset, route, x_grad):
     """Rows of 2**17 steps: gamma's and beta's gradients sum over each row exactly enough (the
     group-norm kernel's own running sums lose 10 to 50 times more)."""
-    x = torch.randn(1, 2, 2**17, generator=torch.Generator().manual_seed(0)) * 2 + offset
+    x = torch.randn(1, 2, 2**18, generator=torch.Generator().manual_seed(0)) * 2 + offset
     gamma, beta = torch.tensor([1.3, -0.7]), torch.tensor([0.2, -0.1])
     options = {"pattern": "b v t", "x_grad": x_grad}
     fast, calls = run(backend, x, gamma, beta, **options)

@@ -20,7 +20,9 @@ from .. import _reference
 from .._options import stats_dtype
 from ._base import Backend, note
 from ._columns import normalize_columns
+from ._group_norm import needs_grad
 from ._rows import normalize_rows
+from ._rows_backward import KERNEL_SUM_MAX
 
 if TYPE_CHECKING:
     from .._options import Options
@@ -90,15 +92,19 @@ class NativeBackend(Backend):
     def scale_shift(self, y: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
         """``offset + y * gain`` by whichever eager kernel is fastest for the shape.
 
-        With factors constant along the last axis: below ``SCALE_SHIFT_MIN`` elements a
-        multiply and an in-place add (``addcmul`` is not vectorized when two operands
-        broadcast); from it, for contiguous input of the statistics' dtype (or half precision),
+        With factors constant along the last axis: below ``SCALE_SHIFT_MIN`` elements, or on
+        rows of ``KERNEL_SUM_MAX`` steps or more taking gradients, a multiply and an in-place
+        add (``addcmul`` is not vectorized when two operands broadcast); otherwise, for
+        contiguous input of the statistics' dtype (or half precision),
         one eval-mode ``batch_norm`` over ``(1, rows, time)`` with mean 0, variance 1 and eps
         0, so ``weight = gain`` and ``bias = offset`` exactly; half precision is computed in
         float32 and rounded once. Factors varying along the last axis (``"b t v"``):
         ``addcmul``.
         """
-        if y.numel() < SCALE_SHIFT_MIN and gain.shape[-1] == 1:
+        # batch_norm's backward sums gain's and offset's gradients along each row in running
+        # float32 sums: long rows that take gradients multiply and add
+        long = y.shape[-1] >= KERNEL_SUM_MAX and needs_grad(y, gain, offset)
+        if (y.numel() < SCALE_SHIFT_MIN or long) and gain.shape[-1] == 1:
             note(self.name, "multiply-add")
             return (y * gain).add_(offset)
         length = y.shape[-1]
