@@ -300,5 +300,11 @@ def normalize(
 
 
 def scale_shift(y: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
-    """``offset + y * gain``: the reverse, in the statistics' dtype (one fused op)."""
+    """``offset + y * gain``: the reverse, in the statistics' dtype (one fused op).
+
+    While compiling, a multiply and an add (inductor fuses them alike): the backward then saves
+    ``gain`` itself, which inductor stores once, where ``addcmul``'s saves ``gain * 1`` and
+    inductor recomputes the scale's square root in every vector of the output's loop."""
+    if torch.compiler.is_compiling():
+        return y * gain + offset
     return torch.addcmul(offset, y, gain)
