@@ -44,6 +44,8 @@ ROUTES = [
     ("columns", "b t v", (2, 1024, 40), 0.0, 1.0),
     ("columns+shifted", "b t v", (2, 1024, 40), 1e4, 1.0),
     ("rows", "c b v t", (2, 3, 17), 1.0, 2.0),  # weights repeat along a middle axis
+    ("rows", "b v t", (2, 3, 4096), 0.0, 1.0),  # long rows: the backward sums with torch.sum
+    ("moved rows", "b t v", (2, 3, 4096), 2.0, 1.0),
     # one or two instances take the offset and spread (the first is constant when the spread is
     # below 1e-3): only their rows are redone
     ("rows+shifted", "b v t", (16, 3, 40, 1), 1e4, 1.0),  # below 2**18 elements: none redone

@@ -277,8 +277,9 @@ class _Rows(torch.autograd.Function):
         loc, gain, offset, variance = (
             t.view(grid.stats_shape) for t in (loc, gain, offset, variance)
         )
-        if options.detach:  # the statistics take no gradient; gain and offset only gamma's, beta's
-            _, need_gamma, need_beta = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+        need_x, need_gamma, need_beta = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+        if options.detach or not need_x:  # no gradient reaches the statistics from x: gain and
+            # offset take only gamma's and beta's (rows of KERNEL_SUM_MAX steps, x a constant)
             constants = (gain,) * (not need_gamma) + (offset,) * (not (need_gamma or need_beta))
             ctx.mark_non_differentiable(loc, variance, *constants)
         return y, loc, gain, offset, variance, code  # type: ignore[return-value]
