@@ -363,8 +363,8 @@ def test_the_count_of_flagged_rows_is_exact_past_float32():
 @pytest.mark.parametrize("x_grad", [False, True])
 @pytest.mark.parametrize(("offset", "route"), [(0.0, "rows"), (1e5, "rows+shifted")])
 def test_long_rows_have_gradients_as_exact_as_the_reference(backend, offset, route, x_grad):
-    """Rows of 2**17 steps: gamma's and beta's gradients sum over each row exactly enough (the
-    group-norm kernel's own running sums lose 10 to 50 times more)."""
+    """Rows of 2**18 steps: the gradients sum over each row exactly enough (the group-norm
+    kernel's own running sums lose 10 to 50 times more, and the batch_norm reverse's too)."""
     x = torch.randn(1, 2, 2**18, generator=torch.Generator().manual_seed(0)) * 2 + offset
     gamma, beta = torch.tensor([1.3, -0.7]), torch.tensor([0.2, -0.1])
     options = {"pattern": "b v t", "x_grad": x_grad}
@@ -372,6 +372,7 @@ def test_long_rows_have_gradients_as_exact_as_the_reference(backend, offset, rou
     ref, _ = run("reference", x, gamma, beta, **options)
     truth, _ = run("reference", x.double(), gamma.double(), beta.double(), **options)
     assert calls[0] == (backend, route)
+    assert calls[1:] == [(backend, "multiply-add")] * 2  # a horizon of 7, the full length
     assert_as_accurate_as_reference(fast, ref, truth, 1.0)
 
 

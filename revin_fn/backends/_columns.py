@@ -235,8 +235,8 @@ class _ColumnNorm(torch.autograd.Function):
                     slope = d_variance * (2 / length)
                     if deviation is None:
                         shift = -slope * mean if shift is None else shift - slope * mean
-            centred = source if deviation is None else deviation
-            grad_x = _affine_sum(centred, grad_y, gain, slope, shift)
+            around = source if deviation is None else deviation
+            grad_x = _affine_sum(around, grad_y, gain, slope, shift)
         return grad_x, grad_gamma, grad_beta, None, None, None
 
 

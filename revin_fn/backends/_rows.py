@@ -71,10 +71,10 @@ def _weights(
 ) -> tuple[Tensor | None, Tensor | None, int]:
     """Affine vectors for the kernel and its channel count (rows per period of the weights).
 
-    The weights repeat every V rows where the variate is the last axis besides time, unless
-    they would repeat over ``KERNEL_SUM_MAX`` rows or more: the kernel's backward sums gamma's
-    and beta's gradients over those rows in running float32 sums. Otherwise each row has its
-    own weight (expanded, so autograd sums over the rows with torch.sum)."""
+    The weights repeat every V rows where the variate is the last axis besides time and they
+    repeat over fewer than ``KERNEL_SUM_MAX`` rows (the kernel's backward sums gamma's and
+    beta's gradients over those rows in running float32 sums). In every other case each row
+    has its own weight, expanded, so that autograd sums over the rows with torch.sum."""
     if gamma is None and beta is None:
         return None, None, 1
     last = layout.ndim - 1 if layout.time != layout.ndim - 1 else layout.ndim - 2

@@ -51,9 +51,8 @@ def backward(
     ``loc``, ``scale``, ``gamma'`` and ``beta``; ``x`` gets ``k * dy`` plus the mean's and the
     variance's terms (none with ``detach``). The output's part is the kernel's fused backward
     except on long rows or where a row below the eps floor passes gradient to ``x``; there
-    torch.sum reductions. With
-    ``detach``, ``x`` takes no gradient through the statistics and only gamma' and beta
-    collect the per-row terms.
+    torch.sum reductions. With ``detach``, ``x`` takes no gradient through the statistics and
+    only gamma' and beta collect the per-row terms.
     """
     batch, channels, length, _ = grid
     g_y = None if grads[0] is None else grads[0].reshape(batch, channels, length)
