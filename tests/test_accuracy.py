@@ -106,7 +106,7 @@ def test_autocast_outputs_keep_the_input_dtype_range():
 @pytest.mark.parametrize(
     ("pattern", "shape", "route"),
     [("b v t", (2, 3, 50), "rows+overflow"), ("b t v", (2, 50, 3), "moved rows+overflow"),
-     ("b t v", (2, 2048, 32), "columns+shifted+overflow")],  # columns retry with the shift
+     ("b t v", (2, 2048, 32), "columns+shifted+overflow+centered")],  # columns retry
 )  # fmt: skip
 def test_past_the_float32_range_the_native_backend_gives_nan_not_zeros(pattern, shape, route, grad):
     x = torch.randn(shape) * 3e19

@@ -17,12 +17,19 @@ from torch import Tensor
 # pass: the gradients of rows 16 to 32 spreads from 0 are a few times less exact in one pass.
 OFFSET_LIMIT = 32.0
 REDO_OFFSET = OFFSET_LIMIT / 4
+# Largest first-pass offset in spreads after which the column route's shifted pass is still
+# exact in its fused form: the first pass's mean is off by a few ulps of the level (about 6e-7
+# of it), so beyond 2**20 spreads an instance can sit more than a spread from 0 after the shift
+# (a constant window far from 0 sits thousands of its sqrt(eps) spreads away); there the
+# deviations from the mean are written first (``CENTERED``).
+CENTER_LIMIT = 2.0**20
 SHIFTED = 2  # bits of the one value read per forward
 CLAMPED = 1
 OVERFLOW = 4
 GUARDED = 8
 QUIET = 16  # "add": some variance below eps (the backward takes the reductions, not the kernel)
 REDONE = 32  # not a check: the remedies were taken on the flagged rows (or instances) only
+CENTERED = 64  # columns: some instance past CENTER_LIMIT spreads (the shifted pass centres first)
 
 
 def check_code(
@@ -58,4 +65,5 @@ def steps(code: int) -> str:
         + ("+overflow" if code & OVERFLOW else "")
         + ("+guarded" if code & GUARDED else "")
         + ("+redo" if code & REDONE else "")
+        + ("+centered" if code & CENTERED else "")
     )

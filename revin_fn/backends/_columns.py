@@ -17,8 +17,10 @@ size of ``mean * factor``: when some instance's ``|mean| / scale * max(|gamma'|,
 ``OFFSET_LIMIT`` (or is not finite), which one host read tells, the call goes once more through
 these passes after subtracting each instance's first-pass mean, as it does where some scale
 is past the float range (a constant instance near it squares the ulps its mean is off by,
-1e30 squares to infinity). The eps rule is applied to the
-variance computed here, so instances with a variance below eps need nothing more. The backward
+1e30 squares to infinity); where some instance is past ``CENTER_LIMIT`` spreads, or a scale
+past the float range, that pass writes the deviations before scaling them. The eps rule is
+applied to the variance computed here, so instances with a variance below eps need nothing
+more. The backward
 is fused; recorded for double backward, it is the vector-Jacobian product of the same formula in
 differentiable ops.
 """
@@ -36,7 +38,17 @@ from .. import _reference
 from .._options import Options
 from .._patterns import Layout
 from .._reference import Frame
-from ._checks import OFFSET_LIMIT, OVERFLOW, REDO_OFFSET, REDONE, SHIFTED, check_code, steps
+from ._checks import (
+    CENTER_LIMIT,
+    CENTERED,
+    OFFSET_LIMIT,
+    OVERFLOW,
+    REDO_OFFSET,
+    REDONE,
+    SHIFTED,
+    check_code,
+    steps,
+)
 from ._group_norm import needs_grad, vjp_by_ops
 from ._rows_redo import REDO_MIN, flagged_index, merge, redo_pays
 
@@ -60,11 +72,14 @@ def normalize_columns(
             spreads = spreads * torch.linalg.vector_norm(gamma.detach(), math.inf).clamp_(min=1)
         far = spreads > REDO_OFFSET if values.numel() >= REDO_MIN else None  # counted too
         largest = torch.finfo(scale.dtype).max
+        farthest = torch.linalg.vector_norm(spreads, math.inf)
         code, count = check_code(
-            (torch.linalg.vector_norm(spreads, math.inf), OFFSET_LIMIT, SHIFTED, 1.0),
+            (farthest, OFFSET_LIMIT, SHIFTED, 1.0),
+            (farthest, CENTER_LIMIT, CENTERED, 1.0),
             (scale.amax(), largest, OVERFLOW, 1.0),
             flags=far,
         )
+    far_out, code = code & CENTERED, code & ~CENTERED  # noted where the shifted pass centres
     loc = mean
     if redo_pays(code, count, mean.numel(), values.numel()):  # only the instances far from 0
         assert far is not None  # counted
@@ -75,10 +90,14 @@ def normalize_columns(
         )
     elif code & (SHIFTED | OVERFLOW):  # an overflow can come from the first pass's mean
         code |= SHIFTED
+        if far_out or code & OVERFLOW:  # such an instance stays far for its spread after the shift
+            code |= CENTERED
         shift = mean.detach()
         del y
-        source = values - shift
-        y, mean, variance, scale = _attempt(source, gamma, beta, layout.time, options, True)
+        centered = bool(code & CENTERED)
+        y, mean, variance, scale = _attempt(
+            values - shift, gamma, beta, layout.time, options, centered
+        )
         loc = shift + mean
     if code & OVERFLOW:  # a scale past the float range: NaN, not 0, and a NaN reverse
         scale = torch.where(scale.isinf(), float("nan"), scale)
@@ -144,10 +163,10 @@ def _forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(y, mean, variance, scale)`` in three reductions and two element-wise passes.
 
-    ``centered`` (the shifted pass): ``y = (source - mean) * factor + beta`` with the deviations
-    written first (into the squares' buffer), one pass more. There an instance can still sit
-    far from 0 for its spread: a constant one is a few ulps of its level from 0 after the
-    shift, and its spread is sqrt(eps).
+    ``centered`` (a shifted pass with some instance past ``CENTER_LIMIT`` spreads): ``y =
+    (source - mean) * factor + beta`` with the deviations written first (into the squares'
+    buffer), one pass more. There an instance can still sit far from 0 for its spread: a
+    constant one is a few ulps of its level from 0 after the shift, and its spread sqrt(eps).
     """
     mean = source.mean(time, keepdim=True)
     squares = torch.ops.aten.mse_loss.out(
@@ -200,21 +219,22 @@ class _ColumnNorm(torch.autograd.Function):
         length = source.shape[time]
         gain = scale.reciprocal() if gamma is None else gamma / scale  # dy/dx at fixed statistics
         # grad_x = gain * grad_y + slope * (x - mean) + shift, with per-instance slope and shift;
-        # on the shifted pass x - mean is written first (see _forward), elsewhere the mean's
-        # term joins the shift
+        # x - mean is written first where the forward was centered (see _forward), elsewhere
+        # the mean's term joins the shift
         through_statistics = need_x and not options.detach
         deviation = None
         if ctx.centered and (need_gamma or through_statistics):
             deviation = source - mean
-        slope = shift = d_variance = None
+        slope = shift = d_variance = products = None
         grad_gamma = grad_beta = None
         if grad_y is not None:
             total = grad_y.sum(time, keepdim=True)
             if need_gamma or through_statistics:  # sum_t grad_y * (x - mean)
-                if deviation is not None:
-                    moment = torch.sum(deviation * grad_y, time, keepdim=True)
-                else:
-                    moment = torch.sum(grad_y * source, time, keepdim=True).sub_(mean * total)
+                # the products' buffer then holds x's gradient
+                products = grad_y * (source if deviation is None else deviation)
+                moment = products.sum(time, keepdim=True)
+                if deviation is None:
+                    moment = moment.sub_(mean * total)
                 if need_gamma:
                     grad_gamma = (moment / scale).sum_to_size(gamma.shape)
                 if through_statistics:
@@ -236,7 +256,7 @@ class _ColumnNorm(torch.autograd.Function):
                     if deviation is None:
                         shift = -slope * mean if shift is None else shift - slope * mean
             around = source if deviation is None else deviation
-            grad_x = _affine_sum(around, grad_y, gain, slope, shift)
+            grad_x = _affine_sum(around, grad_y, gain, slope, shift, products)
         return grad_x, grad_gamma, grad_beta, None, None, None
 
 
@@ -278,13 +298,15 @@ def _affine_sum(
     gain: Tensor,
     slope: Tensor | None,
     shift: Tensor | None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """``gain * grad_y + slope * source + shift``, each term only where given (``source``: the
-    input, or its deviations from the mean)."""
+    input, or its deviations from the mean), written into ``out`` where given (a spare buffer
+    of the input's shape)."""
     if grad_y is None:
         grad = torch.zeros_like(source) if shift is None else shift.expand_as(source).clone()
     elif shift is None:
-        grad = grad_y * gain
+        grad = torch.mul(grad_y, gain, out=out)
     else:
-        grad = torch.addcmul(shift, grad_y, gain)
+        grad = torch.addcmul(shift, grad_y, gain, out=out)
     return grad if slope is None else grad.addcmul_(source, slope)
