@@ -187,6 +187,7 @@ def _forward(
     if code & GUARDED:
         guarded = _reference.guard_gamma(gamma, eps)  # type: ignore[arg-type]
     loc, shift = mean, None
+    rows_x, shifted = x.view(grid.batch, grid.channels, grid.length), None
     if redo_pays(code, count, mean.numel(), x.numel()):  # a few rows: only they are redone
         assert needy is not None  # counted
         code |= REDONE
@@ -197,9 +198,8 @@ def _forward(
     elif code & SHIFTED:  # far from 0 for its spread: once more, each row shifted by its mean
         shift = mean
         del y  # free the first output before the second is allocated
-        rows_x = x.view(grid.batch, grid.channels, grid.length)
-        source = (rows_x - shift.unsqueeze(-1)).view(x.shape)
-        y, mean, rstd = group_norm(source, guarded, beta, grid, floor)
+        shifted = rows_x - shift.unsqueeze(-1)
+        y, mean, rstd = group_norm(shifted.view(x.shape), guarded, beta, grid, floor)
         inverse = rstd.clamp(max=limit) if clamp else rstd
         loc = shift + mean
     elif code & GUARDED:
@@ -220,14 +220,14 @@ def _forward(
     scale = inverse.reciprocal()
     if code & OVERFLOW:  # the reverse of such an instance is NaN too, as on the reference
         scale = torch.where(rstd == 0, float("nan"), scale)
-    if shift is not None and variance is not None:
-        variance = _variance(rstd, floor)  # of the second pass
     if code & QUIET and variance is not None:
         # "add", some variance below eps: the kernel's 1 / sqrt(variance + eps) keeps it only
         # to the ulps of eps (down to 0), so it is read from the rows once more
-        rows_x = x.view(grid.batch, grid.channels, grid.length)
-        source = rows_x if shift is None else rows_x - shift.unsqueeze(-1)
-        variance = source.var(-1, correction=0)
+        if shifted is None:
+            shifted = rows_x if shift is None else rows_x - shift.unsqueeze(-1)
+        variance = shifted.var(-1, correction=0)
+    elif shift is not None and variance is not None:
+        variance = _variance(rstd, floor)  # of the second pass
     gain, offset = _reference.gain_offset(loc, scale, guarded, beta)
     rows = Rows(loc, gain, offset, variance, scale, inverse, shift, mean, guarded)
     return y, rows, code
