@@ -126,7 +126,7 @@ class Rows(NamedTuple):
     """Per-row results of the forward, of shape ``(batch, channels)``. ``loc = shift + center``
     with ``shift`` the first-pass mean where the rows were shifted (else ``None``, and
     ``center = loc``); ``inverse = 1 / scale``; ``guarded`` is gamma' (``None``: no gamma);
-    ``variance`` is ``None`` where nothing needs it (clamp mode, no statistics, no gradient)."""
+    ``variance`` is ``None`` where nothing needs it (no statistics, no gradient)."""
 
     loc: Tensor
     gain: Tensor
@@ -166,11 +166,11 @@ def _forward(
         checks.append((high, limit, CLAMPED, 1.0))
     else:  # 1 / sqrt(variance + eps) above 1 / sqrt(2 eps): a variance below eps
         checks.append((high, (2 * eps) ** -0.5, QUIET, 1.0))
-    variance = _variance(rstd, floor) if variance_wanted or not clamp else None
     # the offset in the row's own spreads; with "add" the kernel's 1 / std is 1 / sqrt(var + eps),
     # so 1 / std comes from the variance (its rounding, about 1e-7 eps, moves no row past 32)
+    variance = None if clamp else _variance(rstd, floor)
     tiny = torch.finfo(x.dtype).tiny
-    own = rstd if clamp or variance is None else variance.clamp(min=tiny).rsqrt_()
+    own = rstd if variance is None else variance.clamp(min=tiny).rsqrt_()
     offset = mean * own
     if gamma is not None:
         magnitude = gamma.detach().abs()
@@ -220,14 +220,16 @@ def _forward(
     scale = inverse.reciprocal()
     if code & OVERFLOW:  # the reverse of such an instance is NaN too, as on the reference
         scale = torch.where(rstd == 0, float("nan"), scale)
-    if code & QUIET and variance is not None:
+    if not variance_wanted:
+        variance = None
+    elif code & QUIET:
         # "add", some variance below eps: the kernel's 1 / sqrt(variance + eps) keeps it only
         # to the ulps of eps (down to 0), so it is read from the rows once more
         if shifted is None:
             shifted = rows_x if shift is None else rows_x - shift.unsqueeze(-1)
         variance = shifted.var(-1, correction=0)
-    elif shift is not None and variance is not None:
-        variance = _variance(rstd, floor)  # of the second pass
+    elif variance is None or shift is not None:
+        variance = _variance(rstd, floor)  # of the last pass
     gain, offset = _reference.gain_offset(loc, scale, guarded, beta)
     rows = Rows(loc, gain, offset, variance, scale, inverse, shift, mean, guarded)
     return y, rows, code
