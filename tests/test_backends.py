@@ -302,6 +302,22 @@ def test_add_mode_variances_far_below_eps_are_exact(backend, pattern, route, x_g
         assert grads[backend, torch.float32].isfinite().all()
 
 
+@pytest.mark.parametrize("backend", [*FAST, "reference"])
+@pytest.mark.parametrize("pattern, shape", [("b v t", (4, 3, 336)), ("b t v", (4, 336, 3)),
+                                            ("b t v", (8, 336, 32))])  # fmt: skip
+@pytest.mark.parametrize("eps", [1e-5, 3e-5, 1e-8, 1.0])
+@pytest.mark.parametrize("level", [2.5, -7.0, 1e4])
+def test_a_constant_window_has_variance_exactly_zero(backend, pattern, shape, eps, level):
+    """As on the reference: code that looks for flat windows with ``variance == 0`` finds
+    them on every route (the native kernel's floor is a power of 4 for this)."""
+    x = torch.randn(shape)
+    flat = (slice(None), 1) if pattern == "b v t" else (slice(None), slice(None), 1)
+    x[flat] = level
+    with backends.use(backend):
+        _, _, stats = revin(x, pattern=pattern, eps=eps, return_statistics=True)
+    assert torch.equal(stats.variance[flat], torch.zeros_like(stats.variance[flat]))
+
+
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize(
     ("values", "eps"),

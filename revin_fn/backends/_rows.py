@@ -60,10 +60,13 @@ from ._rows_redo import REDO_MIN, redo, redo_pays
 
 def kernel_floor(values: Tensor, options: Options) -> float:
     """What the kernel adds to the variance: eps for ``"add"``; for ``"clamp"`` a floor far
-    below eps, which only keeps a zero variance from making ``1 / std`` infinite."""
+    below eps, which only keeps a zero variance from making ``1 / std`` infinite. That floor is
+    a power of 4, so a constant row's ``1 / std`` is exactly its inverse square root and the
+    variance read back from it is exactly 0."""
     if options.eps_mode == "add":
         return options.eps
-    return max(options.eps * 2.0**-60, torch.finfo(values.dtype).tiny)
+    exponent = math.frexp(options.eps * 2.0**-60)[1] - 1  # eps * 2**-60 = m * 2**exponent, m >= 1
+    return max(math.ldexp(1.0, exponent - exponent % 2), torch.finfo(values.dtype).tiny)
 
 
 def _weights(
