@@ -1,7 +1,7 @@
-"""Constructor argument checks shared by the module shells (``RevIN``, ``Normalization``, compat).
+"""Argument checks shared by the calls and the module shells (``RevIN``, ``Normalization``, compat).
 
 Each raises a short fact (``TypeError`` for a wrong type, ``ValueError`` for a wrong value); the
-constructor re-raises it once, naming itself.
+call or constructor re-raises it once, naming itself.
 """
 
 from __future__ import annotations
@@ -25,6 +25,14 @@ def size(name: str, value: object) -> int:
     if number < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return number
+
+
+def flag(name: str, value: object, none: bool = False) -> None:
+    """``value`` must be ``True`` or ``False`` (or ``None`` where ``none``): a string or a number
+    passed by mistake would otherwise be read by its truth value."""
+    if not (isinstance(value, bool) or (none and value is None)):
+        expected = "True, False or None" if none else "True or False"
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
 
 
 def number(name: str, value: object) -> float:

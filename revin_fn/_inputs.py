@@ -42,8 +42,10 @@ def _observed(mask: Mask | None, x: Tensor, layout: Layout | None = None) -> Ten
 
     A bool mask is used as is; a floating or integer mask (1 = observed, as TSLib,
     neuralforecast and HF pass them) is read as ``mask != 0`` without looking at its values.
-    A mask of lower rank whose shape is ``x``'s without the variate axis (neuralforecast's
-    ``(B, T)`` for ``"b t v"``) applies to every variate; any other mask broadcasts as usual.
+    A mask with one axis fewer than ``x`` stands for ``x``'s shape without the variate axis
+    (neuralforecast's ``(B, T)`` for ``"b t v"``) and applies to every variate, even where it
+    would also broadcast the usual way (``(V, T)`` under ``"b v t"`` with ``B == V``), so that
+    its meaning never depends on the batch size; any other mask broadcasts as usual.
     """
     if mask is None:
         return None
@@ -62,18 +64,23 @@ def _observed(mask: Mask | None, x: Tensor, layout: Layout | None = None) -> Ten
     if mask.device != x.device:
         raise ValueError(f"mask is on {mask.device}, expected {x.device} like x")
     axis = None if layout is None else layout.variate
-    without = None if axis is None else (*x.shape[:axis], *x.shape[axis + 1 :])
-    if axis is not None and tuple(mask.shape) == without:
-        mask = mask.unsqueeze(axis)  # one mask for every variate
+    shared = axis is not None and mask.ndim == x.ndim - 1  # one mask for every variate
     try:
-        expanded = mask.expand(x.shape)
+        expanded = (mask if axis is None or not shared else mask.unsqueeze(axis)).expand(x.shape)
     except RuntimeError:
         expanded = None
     if expanded is None:
-        rule = "" if without is None else f" nor is x's shape without its variate axis {without}"
+        if axis is not None and shared:
+            without = (*x.shape[:axis], *x.shape[axis + 1 :])
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}: a mask with one axis fewer than x of shape "
+                f"{tuple(x.shape)} is read as x's shape without its variate axis, {without}, "
+                "applied to every variate; to broadcast it over another axis, give it all "
+                f"{x.ndim} axes (e.g. mask.unsqueeze(0))"
+            )
         raise ValueError(
             f"mask has shape {tuple(mask.shape)}, which does not broadcast to x of shape "
-            f"{tuple(x.shape)}{rule}"
+            f"{tuple(x.shape)}"
         )
     return expanded if expanded.dtype == torch.bool else expanded != 0
 

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._args import flag
+
 DEFAULT_EPS = 1e-5
 EPS_MODES = ("clamp", "add", "add_std")
 METHODS = ("std", "robust", "minmax", "meanabs")
@@ -44,9 +46,7 @@ def check_options(options: Options) -> None:
     if options.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {options.method!r}")
     for name in ("detach", "subtract_last", "causal"):
-        if not isinstance(getattr(options, name), bool):
-            value = getattr(options, name)
-            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+        flag(name, getattr(options, name))
     if options.causal and options.method not in CAUSAL_METHODS:
         raise ValueError(
             f"causal=True supports method in {CAUSAL_METHODS}, got method={options.method!r}"

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import RevINError, RevINTypeError, _reference, backends
+from ._args import flag
 from ._options import SUPPORTED_DTYPES, stats_dtype
 from ._outputs import fit, output_layout
 from ._reference import Frame
@@ -44,6 +45,7 @@ def _fitted(
 ) -> tuple[Tensor, Tensor]:
     """``(gain, offset)`` of the selected variates, laid out for an output of ``shape`` named
     by ``pattern``, after checking that it fits (on ``value``'s device)."""
+    flag("stepwise", stepwise, none=True)
     _check_device(name, value, frame.loc)
     out = output_layout(frame.layout, pattern, tuple(shape), name)
     if variates is not None:
@@ -101,6 +103,7 @@ class ReverseFn:
         """
         try:
             _check_tensor("y_hat", y_hat)
+            flag("shift", shift)
             gain, offset = _fitted(
                 self._frame, y_hat, y_hat.shape, variates, pattern, stepwise, "y_hat"
             )

@@ -73,7 +73,8 @@ def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:
             "variates must be an int, a sequence of ints, a slice or a bool mask, got a "
             f"tensor of dtype {variates.dtype} and shape {tuple(variates.shape)}"
         )
-    return torch.where(variates < 0, variates + size, variates)
+    index = variates if variates.dtype == torch.long else variates.long()  # int8 ... uint64
+    return torch.where(index < 0, index + size, index)
 
 
 def select(frame: Frame, variates: Variates | None, count: int) -> Frame:
@@ -85,11 +86,12 @@ def select(frame: Frame, variates: Variates | None, count: int) -> Frame:
         raise ValueError(
             f'variates= needs a variate axis "v" in the pattern "{frame.layout.pattern}"'
         )
-    index = variate_index(variates, frame.loc.shape[axis], count)
+    size = max(t.shape[axis] for t in (frame.loc, frame.gain, frame.offset))
+    index = variate_index(variates, size, count)
     where: list[slice | int] = [slice(None)] * frame.layout.ndim
 
     def pick(value: Tensor) -> Tensor:
-        if value.shape[axis] == 1:
+        if value.shape[axis] == 1 and size > 1:  # the same for every variate
             return value
         if isinstance(index, Tensor):
             try:

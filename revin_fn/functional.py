@@ -7,7 +7,8 @@ from typing import Literal, NamedTuple, overload
 import torch
 from torch import Tensor
 
-from . import _reference, backends
+from . import RevINError, _reference, backends
+from ._args import flag
 from ._inputs import Mask as Mask
 from ._inputs import _affine_vector, _warn_if_swapped
 from ._inputs import _observed as _observed
@@ -156,8 +157,9 @@ def revin(
             ``"meanabs"`` (location 0, scale mean |x|). Default: ``"std"``.
         causal: step t uses the statistics of steps 0..t only. Default: ``False``.
         mask: tensor of bools, or of 0/1 numbers read as ``mask != 0`` (True/nonzero =
-            observed), broadcastable to ``x``, or ``"nan"``; a mask shaped as ``x`` without
-            its variate axis (``(B, T)`` for ``"b t v"``) applies to every variate. Statistics
+            observed), broadcastable to ``x``, or ``"nan"``; a mask with one axis fewer than
+            ``x`` is ``x``'s shape without its variate axis (``(B, T)`` for ``"b t v"``) and
+            applies to every variate (give a per-variate mask all of ``x``'s axes). Statistics
             use observed steps only and masked slots are returned unchanged. Default: all
             observed.
         return_statistics: also return the :class:`Statistics`. Default: ``False``.
@@ -182,6 +184,7 @@ def revin(
     """
     options = Options(eps, eps_mode, detach, subtract_last, method, causal)
     try:
+        flag("return_statistics", return_statistics)
         layout, gamma_vec, beta_vec, observed = _prepare(x, gamma, beta, pattern, mask, options)
     except (TypeError, ValueError) as error:
         raise _error("revin(x, gamma, beta)", error) from None
@@ -240,11 +243,21 @@ def reverse(
 ) -> Tensor:
     """Stateless inverse of ``revin`` from its :class:`Statistics` (see ``revin`` for the formula).
 
+    The scale is recomputed from ``stats.variance``, so the result equals the call's
+    ``reverse_fn(y_hat)`` up to rounding (a few ulps), and it comes back in
+    ``promote_types(stats.mean.dtype, y_hat.dtype)``: the statistics do not record the input's
+    dtype (float16 data gives float32 here where ``reverse_fn`` gives float16).
+
     ``pattern``, ``eps`` and ``eps_mode`` must be those of the ``revin`` call that produced
     ``stats``; the other arguments are those of ``ReverseFn.__call__``.
     """
+    call = "reverse(y_hat, stats)"
     try:
         frame = frame_from_statistics(stats, pattern, eps, eps_mode)
     except (TypeError, ValueError) as error:
-        raise _error("reverse(y_hat, stats)", error) from None
-    return ReverseFn(frame)(y_hat, variates, shift=shift, stepwise=stepwise)
+        raise _error(call, error) from None
+    try:
+        return ReverseFn(frame)(y_hat, variates, shift=shift, stepwise=stepwise)
+    except RevINError as error:  # the closure's checks, under this call's name
+        message = str(error).removeprefix("reverse_fn(y_hat): ")
+        raise type(error)(f"{call}: {message}") from None

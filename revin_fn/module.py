@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from . import RevINError, _args
+from ._inputs import _observed
 from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import Layout, parse
 from ._reference import Frame
@@ -84,6 +85,8 @@ class RevIN(nn.Module):
             if num_variates is not None:
                 num_variates = _args.size("num_variates", num_variates)
             eps = _args.number("eps", eps)
+            _args.flag("affine", affine)
+            _args.flag("non_norm", non_norm)
             options = Options(eps, eps_mode, detach, subtract_last, method, causal)
             check_options(options)
             layout = _args.layout(pattern)
@@ -127,6 +130,11 @@ class RevIN(nn.Module):
         call = f"RevIN(num_variates={self.num_variates!r}).forward(x)"
         layout = self._check_input(call, x)
         if self.non_norm:
+            try:
+                _args.flag("return_statistics", return_statistics)
+                _observed(mask, x, layout)  # checked as on every other call
+            except (TypeError, ValueError) as error:
+                raise _error(call, error) from None
             return self._identity(x, layout, return_statistics)
         try:
             return revin(  # type: ignore[call-overload, no-any-return]
@@ -179,32 +187,37 @@ class RevIN(nn.Module):
         shift: bool = True,
         stepwise: bool | None = None,
     ) -> Tensor:
-        """:func:`revin_fn.reverse` with this module's pattern, eps and eps_mode."""
-        if self.non_norm:
-            return y_hat
-        return reverse(
-            y_hat,
-            stats,
-            pattern=self.pattern,
-            eps=self.options.eps,
-            eps_mode=self.options.eps_mode,
-            variates=variates,
-            shift=shift,
-            stepwise=stepwise,
-        )
+        """:func:`revin_fn.reverse` with this module's pattern, eps and eps_mode (with
+        ``non_norm``, the statistics of its forward are the identity's)."""
+        try:
+            return reverse(
+                y_hat,
+                stats,
+                pattern=self.pattern,
+                eps=self.options.eps,
+                eps_mode=self.options.eps_mode,
+                variates=variates,
+                shift=shift,
+                stepwise=stepwise,
+            )
+        except RevINError as error:
+            message = str(error).removeprefix("reverse(y_hat, stats): ")
+            call = f"RevIN(num_variates={self.num_variates!r}).reverse(y_hat, stats)"
+            raise type(error)(f"{call}: {message}") from None
 
     def _identity(
         self, x: Tensor, layout: Layout, return_statistics: bool
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:
-        """non_norm: y = x and a reverse_fn that returns its input (after the same checks)."""
+        """non_norm: ``y``, a copy of ``x``, and a reverse_fn that returns (a copy of) its input
+        after the same checks; the statistics (mean 0, variance 1) are tensors of their own."""
         shape = list(x.shape)
         shape[layout.time] = 1
         zero = x.new_zeros(shape, dtype=stats_dtype(x.dtype))
         one = torch.ones_like(zero)
         identity = ReverseFn(Frame(layout, zero, one, one, zero, x.dtype))
         if return_statistics:
-            return x, identity, Statistics(zero, one, None, None)
-        return x, identity
+            return x.clone(), identity, Statistics(zero.clone(), one.clone(), None, None)
+        return x.clone(), identity
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any

@@ -129,10 +129,27 @@ def test_a_mask_that_does_not_fit_names_both_shapes():
     x = torch.randn(4, 20, 3)
     with pytest.raises(
         RevINError,
-        match=r"revin\(x, gamma, beta\): mask has shape \(4, 19\), which does not broadcast to x "
-        r"of shape \(4, 20, 3\) nor is x's shape without its variate axis \(4, 20\)",
+        match=r"revin\(x, gamma, beta\): mask has shape \(4, 19\): a mask with one axis fewer "
+        r"than x of shape \(4, 20, 3\) is read as x's shape without its variate axis, \(4, 20\)",
     ):
         revin(x, pattern="b t v", mask=torch.ones(4, 19))
+    with pytest.raises(RevINError, match=r"mask has shape \(4, 19, 1, 1\), which does not"):
+        revin(x, pattern="b t v", mask=torch.ones(4, 19, 1, 1))
+
+
+def test_a_mask_with_one_axis_fewer_means_the_same_at_every_batch_size():
+    """(V, T) under "b v t" also broadcasts when B == V; it is read as (B, T) there too, and
+    refused at other batch sizes, so its meaning never depends on the batch size."""
+    mask = torch.rand(3, 10) > 0.3
+    mask[:, 0] = True
+    x = torch.randn(3, 3, 10)
+    y, _ = revin(x, mask=mask)
+    expected, _ = revin(x, mask=mask.unsqueeze(1).expand(x.shape))
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    with pytest.raises(RevINError, match=r"give it all 3 axes \(e.g. mask.unsqueeze\(0\)\)"):
+        revin(torch.randn(5, 3, 10), mask=mask)
+    y, _ = revin(torch.randn(5, 3, 10), mask=mask.unsqueeze(0))  # per variate, every batch
+    assert y.shape == (5, 3, 10)
 
 
 @settings(max_examples=60, deadline=None)

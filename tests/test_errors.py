@@ -137,6 +137,47 @@ def test_bad_variates_selection(variates, message):
         reverse_fn(torch.zeros(4, 1, 3), variates=variates)
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8])
+def test_variates_of_any_integer_dtype(dtype):
+    y, reverse_fn = revin(X)
+    torch.testing.assert_close(
+        reverse_fn(y[:, 2:3], variates=torch.tensor([2], dtype=dtype)), reverse_fn(y)[:, 2:3]
+    )
+
+
+def test_variates_on_a_single_variate_are_checked_and_selected():
+    x = torch.randn(4, 1, 32) * 3 + 5
+    y, reverse_fn = revin(x)
+    twice = reverse_fn(torch.cat([y, y], 1), variates=[0, 0])
+    torch.testing.assert_close(twice, reverse_fn(y).expand(4, 2, 32))
+    with pytest.raises(RevINError, match=r"out of range for 1 variates"):
+        reverse_fn(y, variates=torch.tensor([5]))
+    with pytest.raises(RevINError, match=r"variates=5 is out of range for 1 variates"):
+        reverse_fn(y, variates=5)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda rf, y: rf(y, shift=None), r"reverse_fn\(y_hat\): shift must be True or False"),
+        (lambda rf, y: rf(y, shift="no"), r"shift must be True or False, got str 'no'"),
+        (lambda rf, y: rf(y, stepwise="no"), r"stepwise must be True, False or None, got str"),
+        (lambda rf, y: rf.normalize(y, stepwise=1), r"stepwise must be True, False or None"),
+        (
+            lambda rf, y: revin(X, return_statistics="no"),
+            r"revin\(x, gamma, beta\): "
+            r"return_statistics must be True or False",
+        ),
+        (lambda rf, y: RevIN(7, affine="no"), r"RevIN\(num_variates=7\): affine must be True"),
+        (lambda rf, y: RevIN(7, non_norm=1), r"non_norm must be True or False, got int 1"),
+    ],
+)
+def test_flags_must_be_bools(call, message):
+    y, reverse_fn = revin(X)
+    with pytest.raises(RevINTypeError, match=message):
+        call(reverse_fn, y)
+
+
 def test_variates_selection_with_the_wrong_count():
     _, reverse_fn = revin(X)
     with pytest.raises(RevINError, match=r"expected \(4, 2, T\)"):
@@ -153,6 +194,8 @@ def test_variates_needs_a_variate_axis():
 
 def test_reverse_checks_the_statistics():
     _, _, stats = revin(X, return_statistics=True)
+    with pytest.raises(RevINError, match=r"^reverse\(y_hat, stats\): y_hat has shape \(9, 9\)"):
+        reverse(torch.zeros(9, 9), stats)  # the closure's checks, under this call's name
     with pytest.raises(RevINError, match=r"reverse\(y_hat, stats\): stats.variance has shape"):
         reverse(torch.zeros(4, 7, 3), Statistics(stats.mean, stats.variance[:2], None, None))
     with pytest.raises(RevINError, match=r"stats.gamma has shape \(3,\), expected \(7,\)"):

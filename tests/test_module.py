@@ -91,7 +91,7 @@ def test_non_norm_is_the_identity_at_the_same_call_sites():
     norm = RevIN(7, pattern="b t v", non_norm=True)
     x = torch.randn(4, 48, 7) * 3 + 100
     y, reverse_fn, stats = norm(x, return_statistics=True)
-    assert y is x
+    assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()  # a copy, as on every call
     forecast = torch.randn(4, 24, 7)
     assert torch.equal(reverse_fn(forecast), forecast)
     assert torch.equal(reverse_fn(forecast[..., :1], variates=[6]), forecast[..., :1])
@@ -99,6 +99,13 @@ def test_non_norm_is_the_identity_at_the_same_call_sites():
     assert isinstance(stats, Statistics) and stats.gamma is None
     with pytest.raises(ValueError, match=r"expected \(4, T, 7\)"):
         reverse_fn(torch.randn(4, 24, 1))
+    with pytest.raises(ValueError, match=r"RevIN\(num_variates=7\).reverse\(y_hat, stats\): y_hat"):
+        norm.reverse(torch.randn(9, 9), stats)  # the same checks as without non_norm
+    with pytest.raises(ValueError, match=r"\.forward\(x\): mask must be a bool tensor"):
+        norm(x, mask="foo")
+    stats.mean.add_(100.0)  # the statistics are tensors of their own
+    stats.variance.mul_(4.0)
+    assert torch.equal(reverse_fn(forecast), forecast)
     assert "non_norm=True" in repr(norm)
 
 
