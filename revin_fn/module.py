@@ -188,8 +188,14 @@ class RevIN(nn.Module):
         stepwise: bool | None = None,
     ) -> Tensor:
         """:func:`revin_fn.reverse` with this module's pattern, eps and eps_mode (with
-        ``non_norm``, the statistics of its forward are the identity's)."""
+        ``non_norm``: the identity, after the same checks)."""
+        call = f"RevIN(num_variates={self.num_variates!r}).reverse(y_hat, stats)"
         try:
+            if self.non_norm:
+                mean = _check_tensor("stats.mean", stats[0])
+                zero, one = torch.zeros_like(mean), torch.ones_like(mean)
+                frame = Frame(parse(self.pattern, mean.ndim), zero, one, one, zero, mean.dtype)
+                return ReverseFn(frame)(y_hat, variates, shift=shift, stepwise=stepwise)
             return reverse(
                 y_hat,
                 stats,
@@ -200,9 +206,11 @@ class RevIN(nn.Module):
                 shift=shift,
                 stepwise=stepwise,
             )
-        except RevINError as error:
+        except (TypeError, ValueError) as error:
+            if not isinstance(error, RevINError):
+                raise _error(call, error) from None
             message = str(error).removeprefix("reverse(y_hat, stats): ")
-            call = f"RevIN(num_variates={self.num_variates!r}).reverse(y_hat, stats)"
+            message = message.removeprefix("reverse_fn(y_hat): ")
             raise type(error)(f"{call}: {message}") from None
 
     def _identity(

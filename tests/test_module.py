@@ -103,6 +103,9 @@ def test_non_norm_is_the_identity_at_the_same_call_sites():
         norm.reverse(torch.randn(9, 9), stats)  # the same checks as without non_norm
     with pytest.raises(ValueError, match=r"\.forward\(x\): mask must be a bool tensor"):
         norm(x, mask="foo")
+    added = RevIN(7, pattern="b t v", eps_mode="add", eps=0.5, non_norm=True)
+    _, _, identity = added(x, return_statistics=True)
+    assert torch.equal(added.reverse(forecast, identity), forecast)  # not 1 / sqrt(1 + eps)
     stats.mean.add_(100.0)  # the statistics are tensors of their own
     stats.variance.mul_(4.0)
     assert torch.equal(reverse_fn(forecast), forecast)
