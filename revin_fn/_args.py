@@ -9,6 +9,8 @@ from __future__ import annotations
 import numbers
 import operator
 
+import torch
+
 from ._patterns import Layout, parse
 
 
@@ -33,6 +35,15 @@ def flag(name: str, value: object, none: bool = False) -> None:
     if not (isinstance(value, bool) or (none and value is None)):
         expected = "True, False or None" if none else "True or False"
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+def dtype(name: str, value: object) -> None:
+    """``value`` must be ``None`` or a floating-point ``torch.dtype`` (parameters and statistics
+    are floats)."""
+    if value is not None and not (isinstance(value, torch.dtype) and value.is_floating_point):
+        raise TypeError(
+            f"{name} must be a floating-point torch.dtype such as torch.float32, got {value!r}"
+        )
 
 
 def number(name: str, value: object) -> float:

@@ -65,6 +65,10 @@ def axis_names(pattern: object, example: str, about: str = "") -> tuple[list[str
             names.append("…")
         elif isinstance(group, list) and len(group) == 1:
             names.append(group[0])
+        elif isinstance(group, list) and not group:
+            raise ValueError(
+                f'pattern "{pattern}"{about} has an unnamed axis of size 1 ("1"); name each axis'
+            )
         else:
             raise ValueError(
                 f'pattern "{pattern}"{about} groups axes with parentheses; '

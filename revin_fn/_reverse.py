@@ -156,6 +156,17 @@ class ReverseFn:
         from ._dist import AffineDistribution
 
         try:
+            from torch.distributions import Distribution
+
+            if not isinstance(dist, Distribution):
+                raise TypeError(
+                    f"dist must be a torch.distributions.Distribution, got {type(dist).__name__}"
+                )
+            if dist.event_shape != ():
+                raise ValueError(
+                    "dist must be a law per element (event_shape ()), got event_shape "
+                    f"{tuple(dist.event_shape)} ({type(dist).__name__})"
+                )
             shape = dist.batch_shape
             gain, offset = _fitted(
                 self._frame, self._frame.loc, shape, variates, pattern, None, "dist.batch_shape"
@@ -198,8 +209,21 @@ def _check_device(name: str, value: Tensor, reference: Tensor) -> None:
         )
 
 
+# the call names revin_fn's own functions give their errors, replaced by a shell's (``_renamed``)
+_INNER_CALLS = ("revin(x, gamma, beta): ", "reverse(y_hat, stats): ", "reverse_fn(y_hat): ")
+
+
 def _error(call: str, error: Exception) -> RevINError:
     if isinstance(error, RevINError):  # already carries its call
         return error
     kind = RevINTypeError if isinstance(error, TypeError) else RevINError
     return kind(f"{call}: {error}")
+
+
+def _renamed(call: str, error: RevINError) -> RevINError:
+    """``error`` raised by an inner call (``revin``, ``reverse``, a ``reverse_fn``) under the name
+    of the call the user made (a module's forward, ``reverse``), same type and message."""
+    message = str(error)
+    for inner in _INNER_CALLS:
+        message = message.removeprefix(inner)
+    return type(error)(f"{call}: {message}")

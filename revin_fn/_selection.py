@@ -21,6 +21,8 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
         return variates
     if isinstance(variates, Tensor):
         return _tensor_index(variates, size, count)
+    if type(variates).__module__ == "numpy" and getattr(variates, "ndim", 0) == 1:
+        variates = variates.tolist()  # type: ignore[union-attr]  # a numpy array: its items
     if isinstance(variates, bool) or not isinstance(variates, int | Sequence | range):
         if hasattr(variates, "__index__") and not isinstance(variates, bool):
             variates = operator.index(variates)  # numpy integers

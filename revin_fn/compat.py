@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import RevINError, _args
 from ._options import DEFAULT_EPS, Options, check_options
-from ._reverse import ReverseFn, Variates, _error
+from ._reverse import ReverseFn, Variates, _error, _renamed
 from .functional import revin
 
 S4_EPS = 1e-4  # added to the population std by the S4 / ESPnet pair
@@ -116,18 +116,25 @@ class RevIN(nn.Module):
         if mode == "norm":
             if self.non_norm:
                 return x
+            call = f'{name}(x, mode="norm")'
             if isinstance(x, Tensor) and x.ndim != 3:
+                raise RevINError(f"{call}: x has shape {tuple(x.shape)}, expected "
+                                 "(batch, time, features)")  # fmt: skip
+            if isinstance(x, Tensor) and self.affine and x.shape[-1] != self.num_features:
                 raise RevINError(
-                    f'{name}(x, mode="norm"): x has shape {tuple(x.shape)}, expected '
-                    "(batch, time, features)"
+                    f"{call}: x has {x.shape[-1]} features (shape {tuple(x.shape)}), expected "
+                    f"num_features={self.num_features}"
                 )
-            y, self.reverse_fn = revin(
-                x,
-                self.affine_weight,
-                self.affine_bias,
-                pattern="b t v",
-                **self.options._asdict(),
-            )
+            try:
+                y, self.reverse_fn = revin(
+                    x,
+                    self.affine_weight,
+                    self.affine_bias,
+                    pattern="b t v",
+                    **self.options._asdict(),
+                )
+            except RevINError as error:
+                raise _renamed(call, error) from None
             return y
         if mode == "denorm":
             if self.non_norm:
@@ -226,7 +233,10 @@ class ReversibleInstanceNorm1dInput(nn.Module):
         return "... v t" if self.transposed else "... t v"
 
     def forward(self, x: Tensor) -> Tensor:
-        y, self.reverse_fn = revin(x, pattern=self.pattern, eps=S4_EPS, eps_mode="add_std")
+        try:
+            y, self.reverse_fn = revin(x, pattern=self.pattern, eps=S4_EPS, eps_mode="add_std")
+        except RevINError as error:
+            raise _renamed("ReversibleInstanceNorm1dInput(x)", error) from None
         return y
 
     def __getstate__(self) -> dict[str, Any]:
@@ -278,4 +288,7 @@ def _denorm(
             f"{call}: no statistics yet: normalize a batch first (the statistics of the "
             "latest normalization are used)"
         )
-    return reverse_fn(y, variates)
+    try:
+        return reverse_fn(y, variates)
+    except RevINError as error:
+        raise _renamed(call, error) from None

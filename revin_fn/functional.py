@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal, NamedTuple, overload
 
 import torch
@@ -15,7 +16,7 @@ from ._inputs import _observed as _observed
 from ._options import DEFAULT_EPS, Options, check_options
 from ._patterns import Layout, parse
 from ._reference import Frame
-from ._reverse import ReverseFn, Variates, _check_tensor, _error
+from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 
 
 class _DefaultPattern(str):
@@ -182,6 +183,8 @@ def revin(
         >>> torch.allclose(reverse_fn(y), x, atol=1e-5)
         True
     """
+    if not isinstance(eps, float | int) and isinstance(eps, numbers.Real):
+        eps = float(eps)  # numpy reals, as the modules take them
     options = Options(eps, eps_mode, detach, subtract_last, method, causal)
     try:
         flag("return_statistics", return_statistics)
@@ -259,5 +262,4 @@ def reverse(
     try:
         return ReverseFn(frame)(y_hat, variates, shift=shift, stepwise=stepwise)
     except RevINError as error:  # the closure's checks, under this call's name
-        message = str(error).removeprefix("reverse_fn(y_hat): ")
-        raise type(error)(f"{call}: {message}") from None
+        raise _renamed(call, error) from None

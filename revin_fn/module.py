@@ -13,10 +13,8 @@ from ._inputs import _observed
 from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import Layout, parse
 from ._reference import Frame
-from ._reverse import ReverseFn, Variates, _check_tensor, _error
+from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 from .functional import Mask, Statistics, reverse, revin
-
-_FUNCTIONAL_CALL = "revin(x, gamma, beta)"  # the functional's name, replaced by the module's
 
 
 class RevIN(nn.Module):
@@ -87,6 +85,7 @@ class RevIN(nn.Module):
             eps = _args.number("eps", eps)
             _args.flag("affine", affine)
             _args.flag("non_norm", non_norm)
+            _args.dtype("dtype", dtype)
             options = Options(eps, eps_mode, detach, subtract_last, method, causal)
             check_options(options)
             layout = _args.layout(pattern)
@@ -147,8 +146,7 @@ class RevIN(nn.Module):
                 **self.options._asdict(),
             )
         except RevINError as error:  # the functional's remaining checks (mask, ...), renamed
-            message = str(error).removeprefix(f"{_FUNCTIONAL_CALL}: ")
-            raise type(error)(f"{call}: {message}") from None
+            raise _renamed(call, error) from None
 
     def _check_input(self, call: str, x: Tensor) -> Layout:
         """The layout of ``x``; its variate count against ``num_variates`` (or a warning)."""
@@ -209,9 +207,7 @@ class RevIN(nn.Module):
         except (TypeError, ValueError) as error:
             if not isinstance(error, RevINError):
                 raise _error(call, error) from None
-            message = str(error).removeprefix("reverse(y_hat, stats): ")
-            message = message.removeprefix("reverse_fn(y_hat): ")
-            raise type(error)(f"{call}: {message}") from None
+            raise _renamed(call, error) from None
 
     def _identity(
         self, x: Tensor, layout: Layout, return_statistics: bool

@@ -8,7 +8,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor, nn
 
-from . import RevINError, _args
+from . import RevINError, RevINTypeError, _args
 from ._options import DEFAULT_EPS, Options, check_options
 from ._reverse import ReverseFn, _error
 from .dataset import _normalize, adapt
@@ -75,6 +75,7 @@ class Normalization(nn.Module):
         try:
             num_variates = _args.size("num_variates", num_variates)
             eps = _args.number("eps", eps)
+            _args.dtype("dtype", dtype)
             check_options(Options(eps, eps_mode))
             if _args.layout(pattern).variate is None:
                 raise ValueError(f'pattern "{pattern}" needs a variate axis "v"')
@@ -94,7 +95,15 @@ class Normalization(nn.Module):
 
     def _store(self, call: str, mean: object, variance: object) -> None:
         for name, value in (("mean", mean), ("variance", variance)):
-            tensor = torch.as_tensor(value, dtype=torch.float64)
+            try:
+                if isinstance(value, torch.Tensor) and value.is_complex():
+                    raise TypeError
+                tensor = torch.as_tensor(value, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise RevINTypeError(
+                    f"{call}: {name} must be a real number or a sequence, array or tensor of "
+                    f"them, got {type(value).__name__} {value!r}"
+                ) from None
             if tensor.shape not in ((), (self.num_variates,)):
                 raise RevINError(
                     f"{call}: {name} has shape {tuple(tensor.shape)}, "

@@ -438,3 +438,26 @@ def test_numpy_integer_sizes_and_bool_refused(cls):
     assert size == 7 and type(size) is int
     with pytest.raises(RevINError, match=r"\(.*=True\): .* must be a positive int, got True"):
         cls(True)
+
+
+def test_errors_name_the_compat_call_the_user_made():
+    layer = RevIN(3)
+    with pytest.raises(
+        RevINError,
+        match=r'^RevIN\(x, mode="norm"\): x has 5 features \(shape \(4, 10, 5\)\), '
+        r"expected num_features=3",
+    ):
+        layer(torch.randn(4, 10, 5), mode="norm")
+    layer(torch.randn(4, 10, 3), mode="norm")
+    with pytest.raises(
+        RevINError, match=r'^RevIN\(x, mode="denorm"\): y_hat has shape \(4, 5, 1\)'
+    ):
+        layer(torch.randn(4, 5, 1), mode="denorm")
+    assert Normalize(3)(torch.randn(4, 10, 5), mode="norm").shape == (4, 10, 5)  # as TSLib
+    inputs = ReversibleInstanceNorm1dInput(3)
+    outputs = ReversibleInstanceNorm1dOutput(inputs)
+    inputs(torch.randn(2, 10, 3))
+    with pytest.raises(RevINError, match=r"^ReversibleInstanceNorm1dOutput\(x\): y_hat has shape"):
+        outputs(torch.randn(2, 5, 2))
+    with pytest.raises(RevINError, match=r"^ReversibleInstanceNorm1dInput\(x\): x must be"):
+        inputs(torch.randn(2, 10, 3).long())

@@ -434,6 +434,12 @@ def test_compile_fullgraph_after_load_state_dict():
          r'^Normalization\(num_variates=5\): pattern must be a string such as "b v t", got None'),
         ((5,), {"eps": None}, RevINTypeError, r"eps must be a positive number, got None"),
         ((5.0,), {}, RevINTypeError, r"num_variates must be a positive int, got 5\.0"),
+        ((5,), {"dtype": torch.int64}, RevINTypeError,
+         r"^Normalization\(num_variates=5\): dtype must be a floating-point torch.dtype"),
+        ((5,), {"mean": "a", "variance": 1.0}, RevINTypeError,
+         r"mean must be a real number or a sequence, array or tensor of them, got str 'a'"),
+        ((5,), {"mean": torch.zeros(5, dtype=torch.complex64), "variance": 1.0}, RevINTypeError,
+         r"mean must be a real number"),
     ],
 )  # fmt: skip
 def test_normalization_constructor_errors(args, kwargs, error, match):

@@ -215,3 +215,28 @@ def test_module_constructor_errors():
         RevINError, match=r'RevIN\(num_variates=7\)\.forward\(x\): x has 5 variates on axis "v"'
     ):
         RevIN(7, pattern="b t v")(torch.randn(2, 10, 5))
+
+
+def test_more_inputs_are_refused_naming_the_call():
+    _, reverse_fn = revin(X)
+    with pytest.raises(RevINTypeError, match=r"^reverse_fn.distribution\(dist\): dist must be a "):
+        reverse_fn.distribution(torch.zeros(4, 7, 3))
+    law = torch.distributions.MultivariateNormal(torch.zeros(4, 7, 3, 2), torch.eye(2))
+    with pytest.raises(RevINError, match=r"\(event_shape \(\)\), got event_shape \(2,\)"):
+        reverse_fn.distribution(law)
+    with pytest.raises(RevINError, match=r'pattern "b 1 v t" has an unnamed axis of size 1'):
+        revin(torch.randn(2, 1, 3, 10), pattern="b 1 v t")
+    with pytest.raises(RevINTypeError, match=r"^RevIN\(num_variates=3\): dtype must be a float"):
+        RevIN(3, dtype=torch.int64)
+
+
+def test_numpy_values_are_taken_like_python_ones():
+    np = pytest.importorskip("numpy")
+    y, reverse_fn = revin(X, eps=np.float32(1e-5))
+    expected, _ = revin(X, eps=float(np.float32(1e-5)))
+    assert torch.equal(y, expected)
+    torch.testing.assert_close(
+        reverse_fn(y[:, [0, 2]], variates=np.array([0, 2])), reverse_fn(y)[:, [0, 2]]
+    )
+    mask = np.array([i in (1, 5) for i in range(7)])
+    torch.testing.assert_close(reverse_fn(y[:, [1, 5]], variates=mask), reverse_fn(y)[:, [1, 5]])
