@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
@@ -19,6 +21,29 @@ if TYPE_CHECKING:
     from torch.distributions import Distribution
 
 __all__ = ["ReverseFn", "Variates"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def quiet_trace(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``fn`` without revin_fn's own ``TracerWarning``s while ``torch.jit.trace`` records it:
+    they come from the shape checks, which a trace keeps as constants on purpose (the computed
+    path reads no value, so the trace holds for other inputs); the caller's warnings stay."""
+
+    @functools.wraps(fn)
+    def quiet(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if not torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
+            return fn(*args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                category=torch.jit.TracerWarning,  # type: ignore[attr-defined]
+                module=r"revin_fn\.",
+            )
+            return fn(*args, **kwargs)
+
+    return quiet
 
 
 def _check_tensor(name: str, value: object) -> Tensor:
@@ -79,6 +104,7 @@ class ReverseFn:
     def __init__(self, frame: Frame) -> None:
         self._frame = frame
 
+    @quiet_trace
     def __call__(
         self,
         y_hat: Tensor,
@@ -115,6 +141,7 @@ class ReverseFn:
         x = (y * gain.abs()) if not shift else _scale_shift(y, gain, offset)
         return x if x.dtype == dtype else x.to(dtype)
 
+    @quiet_trace
     def normalize(
         self,
         t: Tensor,
@@ -143,6 +170,7 @@ class ReverseFn:
         dtype = torch.promote_types(self._frame.dtype, t.dtype)
         return y if y.dtype == dtype else y.to(dtype)
 
+    @quiet_trace
     def distribution(
         self, dist: Distribution, variates: Variates | None = None, *, pattern: str | None = None
     ) -> Distribution:
@@ -175,6 +203,7 @@ class ReverseFn:
             raise _error("reverse_fn.distribution(dist)", error) from None
         return AffineDistribution(dist, offset, gain)
 
+    @quiet_trace
     def quantiles(
         self, q_hat: Tensor, variates: Variates | None = None, *, pattern: str | None = None
     ) -> Tensor:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from . import RevINError, RevINTypeError, _args
 from ._options import DEFAULT_EPS, Options, check_options
-from ._reverse import ReverseFn, _error
+from ._reverse import ReverseFn, _error, quiet_trace
 from .dataset import _normalize, adapt
 from .functional import Mask, Statistics
 
@@ -166,6 +166,7 @@ class Normalization(nn.Module):
     def forward(
         self, x: Tensor, *, return_statistics: Literal[True]
     ) -> tuple[Tensor, ReverseFn, Statistics]: ...
+    @quiet_trace
     def forward(
         self, x: Tensor, *, return_statistics: bool = False
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:

@@ -6,13 +6,15 @@ what eager gives.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.autograd.forward_ad as forward_ad
 from torch._dynamo.testing import CompileCounter
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from revin_fn import backends, revin
+from revin_fn import RevIN, backends, revin
 from revin_fn._host_reads import HostReads
 
 X = torch.randn(8, 3, 24) * 4 + 10
@@ -106,10 +108,30 @@ def test_onnx_export_with_a_dynamic_batch(tmp_path) -> None:
     assert (tmp_path / "revin.onnx").stat().st_size > 0
 
 
+class _Doubling(torch.nn.Module):
+    """A model holding the module: normalize, double, reverse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = RevIN(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, reverse_fn = self.norm(x)
+        return reverse_fn(y * 2)
+
+
 def test_jit_trace_is_valid_for_other_inputs() -> None:
-    traced = torch.jit.trace(forecast, (X,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(forecast, (X,))
+        model = _Doubling()
+        module = torch.jit.trace(model, (X,))
     for x in (torch.randn(8, 3, 24) * 1e-3, torch.randn(8, 3, 24) + 1e6, X * 2):
         torch.testing.assert_close(traced(x), forecast(x), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(module(x), model(x), atol=1e-4, rtol=1e-5)
+    # the shape checks are constants of the trace on purpose: no TracerWarning from them
+    ours = [w for w in caught if "revin_fn" in w.filename and "Tracer" in type(w.message).__name__]
+    assert not ours, [f"{w.filename}:{w.lineno}" for w in ours]
 
 
 def test_torch_func_transforms_equal_autograd() -> None:
