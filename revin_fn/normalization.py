@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from . import RevINError, RevINTypeError, _args
 from ._options import DEFAULT_EPS, Options, check_options
-from ._reverse import ReverseFn, _error, quiet_trace
+from ._patterns import parse
+from ._reverse import ReverseFn, _check_tensor, _error, quiet_trace
 from .dataset import _normalize, adapt
 from .functional import Mask, Statistics
 
@@ -170,11 +171,22 @@ class Normalization(nn.Module):
     def forward(
         self, x: Tensor, *, return_statistics: bool = False
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:
+        call = "Normalization.forward(x)"
         if self._missing is not None:  # a Python value: no device sync, nothing to trace
-            raise RevINError(f"Normalization.forward(x): {self._missing}")
+            raise RevINError(f"{call}: {self._missing}")
+        try:
+            layout = parse(self.pattern, _check_tensor("x", x).ndim)
+        except (TypeError, ValueError) as error:
+            raise _error(call, error) from None
+        variates = x.shape[layout.variate]  # type: ignore[index]  # the pattern has "v"
+        if variates != self.num_variates:
+            raise RevINError(
+                f'{call}: x has {variates} variates on axis "v" (shape {tuple(x.shape)}, pattern '
+                f'"{self.pattern}"), expected num_variates={self.num_variates}'
+            )
         stats = Statistics(self.mean, self.variance, None, None)
         y, reverse_fn = _normalize(
-            "Normalization(x)", x, stats, self.pattern, self.eps, self.eps_mode, self.invert
+            call, x, stats, self.pattern, self.eps, self.eps_mode, self.invert
         )
         if not return_statistics:
             return y, reverse_fn

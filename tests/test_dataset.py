@@ -297,7 +297,7 @@ def test_normalization_bad_arguments():
     with pytest.raises(RevINError, match=r"adapt\(data\): data has 5 variates, expected num_var"):
         Normalization(3).adapt(dataset(n=4))
     norm = Normalization(5, mean=0, variance=1)
-    with pytest.raises(RevINError, match=r"Normalization\(x\): stats.mean has shape \(5,\), exp"):
+    with pytest.raises(RevINError, match=r"Normalization.forward\(x\): x has 4 variates on axis"):
         norm(torch.randn(2, 4, 10))
 
 
@@ -451,3 +451,15 @@ def test_normalization_numpy_integer_size():
     norm = Normalization(np.int64(5)).adapt(dataset().numpy())
     assert norm.num_variates == 5 and type(norm.num_variates) is int
     assert norm.mean.shape == (5,)
+
+
+def test_normalization_forward_checks_the_variate_count():
+    norm = Normalization(3, pattern="b t v", mean=0.0, variance=1.0)
+    with pytest.raises(
+        RevINError,
+        match=r'^Normalization.forward\(x\): x has 5 variates on axis "v" \(shape \(2, 10, 5\), '
+        r'pattern "b t v"\), expected num_variates=3',
+    ):
+        norm(torch.randn(2, 10, 5))
+    with pytest.raises(RevINError, match=r"^Normalization.forward\(x\): x must be a torch.Tensor"):
+        norm([1.0, 2.0])
