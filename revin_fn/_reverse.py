@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import functools
+import re
 import warnings
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,31 +22,21 @@ if TYPE_CHECKING:
 
 __all__ = ["ReverseFn", "Variates"]
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
+_TRACER_NOISE = ("ignore", None, torch.jit.TracerWarning, re.compile(r"revin_fn\."), 0)  # type: ignore[attr-defined]
 
 
-def quiet_trace(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """``fn`` without revin_fn's own ``TracerWarning``s while ``torch.jit.trace`` records it:
-    they come from the shape checks, which a trace keeps as constants on purpose (the computed
-    path reads no value, so the trace holds for other inputs); the caller's warnings stay."""
-
-    @functools.wraps(fn)
-    def quiet(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        if not torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
-            return fn(*args, **kwargs)
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore",
-                category=torch.jit.TracerWarning,  # type: ignore[attr-defined]
-                module=r"revin_fn\.",
-            )
-            return fn(*args, **kwargs)
-
-    return quiet
+def _quiet_trace() -> None:
+    """While ``torch.jit.trace`` records a call: ignore the ``TracerWarning``s that revin_fn's own
+    shape checks raise. A trace keeps those checks as constants on purpose (the computed path
+    reads no value, so the trace holds for other inputs); the caller's warnings stay. The filter
+    is added again whenever a ``warnings.catch_warnings`` block has dropped it."""
+    if _TRACER_NOISE not in warnings.filters:
+        warnings.filterwarnings("ignore", category=_TRACER_NOISE[2], module=r"revin_fn\.")
 
 
 def _check_tensor(name: str, value: object) -> Tensor:
+    if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
+        _quiet_trace()  # every call checks its first tensor here, before any shape check
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.layout != torch.strided:
@@ -104,7 +94,6 @@ class ReverseFn:
     def __init__(self, frame: Frame) -> None:
         self._frame = frame
 
-    @quiet_trace
     def __call__(
         self,
         y_hat: Tensor,
@@ -141,7 +130,6 @@ class ReverseFn:
         x = (y * gain.abs()) if not shift else _scale_shift(y, gain, offset)
         return x if x.dtype == dtype else x.to(dtype)
 
-    @quiet_trace
     def normalize(
         self,
         t: Tensor,
@@ -170,7 +158,6 @@ class ReverseFn:
         dtype = torch.promote_types(self._frame.dtype, t.dtype)
         return y if y.dtype == dtype else y.to(dtype)
 
-    @quiet_trace
     def distribution(
         self, dist: Distribution, variates: Variates | None = None, *, pattern: str | None = None
     ) -> Distribution:
@@ -203,7 +190,6 @@ class ReverseFn:
             raise _error("reverse_fn.distribution(dist)", error) from None
         return AffineDistribution(dist, offset, gain)
 
-    @quiet_trace
     def quantiles(
         self, q_hat: Tensor, variates: Variates | None = None, *, pattern: str | None = None
     ) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import RevINError, _args
 from ._options import DEFAULT_EPS, Options, check_options
-from ._reverse import ReverseFn, Variates, _error, _renamed
+from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 from .functional import revin
 
 S4_EPS = 1e-4  # added to the population std by the S4 / ESPnet pair
@@ -117,10 +117,14 @@ class RevIN(nn.Module):
             if self.non_norm:
                 return x
             call = f'{name}(x, mode="norm")'
-            if isinstance(x, Tensor) and x.ndim != 3:
+            try:
+                _check_tensor("x", x)
+            except (TypeError, ValueError) as error:
+                raise _error(call, error) from None
+            if x.ndim != 3:
                 raise RevINError(f"{call}: x has shape {tuple(x.shape)}, expected "
                                  "(batch, time, features)")  # fmt: skip
-            if isinstance(x, Tensor) and self.affine and x.shape[-1] != self.num_features:
+            if self.affine and x.shape[-1] != self.num_features:
                 raise RevINError(
                     f"{call}: x has {x.shape[-1]} features (shape {tuple(x.shape)}), expected "
                     f"num_features={self.num_features}"

@@ -16,7 +16,7 @@ from ._inputs import _observed as _observed
 from ._options import DEFAULT_EPS, Options, check_options
 from ._patterns import Layout, parse
 from ._reference import Frame
-from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed, quiet_trace
+from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 
 
 class _DefaultPattern(str):
@@ -113,7 +113,6 @@ def revin(
     mask: Mask | None = ...,
     return_statistics: Literal[True],
 ) -> tuple[Tensor, ReverseFn, Statistics]: ...
-@quiet_trace
 def revin(
     x: Tensor,
     gamma: Tensor | None = None,
@@ -234,7 +233,6 @@ def frame_from_statistics(
     return _reference.make_frame(layout, mean, variance, scale, gamma_view, beta_view, dtype)
 
 
-@quiet_trace
 def reverse(
     y_hat: Tensor,
     stats: Statistics,

@@ -13,7 +13,7 @@ from ._inputs import _observed
 from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import Layout, parse
 from ._reference import Frame
-from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed, quiet_trace
+from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 from .functional import Mask, Statistics, reverse, revin
 
 
@@ -123,7 +123,6 @@ class RevIN(nn.Module):
     def forward(
         self, x: Tensor, *, mask: Mask | None = ..., return_statistics: Literal[True]
     ) -> tuple[Tensor, ReverseFn, Statistics]: ...
-    @quiet_trace
     def forward(
         self, x: Tensor, *, mask: Mask | None = None, return_statistics: bool = False
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:

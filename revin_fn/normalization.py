@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from . import RevINError, RevINTypeError, _args
 from ._options import DEFAULT_EPS, Options, check_options
 from ._patterns import parse
-from ._reverse import ReverseFn, _check_tensor, _error, quiet_trace
+from ._reverse import ReverseFn, _check_tensor, _error
 from .dataset import _normalize, adapt
 from .functional import Mask, Statistics
 
@@ -167,7 +167,6 @@ class Normalization(nn.Module):
     def forward(
         self, x: Tensor, *, return_statistics: Literal[True]
     ) -> tuple[Tensor, ReverseFn, Statistics]: ...
-    @quiet_trace
     def forward(
         self, x: Tensor, *, return_statistics: bool = False
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:
