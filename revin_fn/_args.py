@@ -32,9 +32,11 @@ def size(name: str, value: object) -> int:
 def flag(name: str, value: object, none: bool = False) -> None:
     """``value`` must be ``True`` or ``False`` (or ``None`` where ``none``): a string or a number
     passed by mistake would otherwise be read by its truth value."""
-    if not (isinstance(value, bool) or (none and value is None)):
+    kind = type(value)
+    numpy_bool = kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+    if not (isinstance(value, bool) or numpy_bool or (none and value is None)):
         expected = "True, False or None" if none else "True or False"
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be {expected}, got {kind.__name__} {value!r}")
 
 
 def dtype(name: str, value: object) -> None:

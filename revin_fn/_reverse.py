@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -22,16 +21,18 @@ if TYPE_CHECKING:
 
 __all__ = ["ReverseFn", "Variates"]
 
-_TRACER_NOISE = ("ignore", None, torch.jit.TracerWarning, re.compile(r"revin_fn\."), 0)  # type: ignore[attr-defined]
-
 
 def _quiet_trace() -> None:
     """While ``torch.jit.trace`` records a call: ignore the ``TracerWarning``s that revin_fn's own
     shape checks raise. A trace keeps those checks as constants on purpose (the computed path
     reads no value, so the trace holds for other inputs); the caller's warnings stay. The filter
-    is added again whenever a ``warnings.catch_warnings`` block has dropped it."""
-    if _TRACER_NOISE not in warnings.filters:
-        warnings.filterwarnings("ignore", category=_TRACER_NOISE[2], module=r"revin_fn\.")
+    is put first on every traced call (``filterwarnings`` drops its earlier copy), so that a
+    filter added since, or a ``warnings.catch_warnings`` block, cannot bring them back."""
+    warnings.filterwarnings(
+        "ignore",
+        category=torch.jit.TracerWarning,  # type: ignore[attr-defined]
+        module=r"revin_fn\.",
+    )
 
 
 def _check_tensor(name: str, value: object) -> Tensor:

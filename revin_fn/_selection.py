@@ -11,6 +11,9 @@ from torch import Tensor
 
 from ._reference import Frame
 
+# integer dtypes whose every value is an int64 (uint64 values past 2**63 would wrap)
+_INDEX_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
+                 torch.uint16, torch.uint32)  # fmt: skip
 Variates = Union[int, Sequence[int], Sequence[bool], slice, Tensor]  # noqa: UP007 (runtime alias)
 
 
@@ -70,7 +73,7 @@ def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:
         )
         # the positions of the True entries, in order, without nonzero(): True sorts first
         return torch.argsort((~variates).to(torch.uint8), stable=True)[:count]
-    if variates.ndim != 1 or variates.is_floating_point() or variates.is_complex():
+    if variates.ndim != 1 or variates.dtype not in _INDEX_DTYPES:
         raise ValueError(
             "variates must be an int, a sequence of ints, a slice or a bool mask, got a "
             f"tensor of dtype {variates.dtype} and shape {tuple(variates.shape)}"

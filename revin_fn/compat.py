@@ -89,6 +89,8 @@ class RevIN(nn.Module):
         try:
             num_features = _args.size("num_features", num_features)
             eps = _args.number("eps", eps)
+            _args.flag("affine", affine)
+            _args.flag("non_norm", non_norm)
             options = Options(eps, "add", self.detach, subtract_last)
             check_options(options)
         except (TypeError, ValueError) as error:

@@ -212,6 +212,11 @@ def frame_from_statistics(
 ) -> Frame:
     """Rebuild the inverse of a ``revin`` call from its Statistics (same options required);
     ``dtype``: the input's (default: the statistics')."""
+    if not isinstance(stats, tuple) or len(stats) != 4:
+        raise TypeError(
+            "stats must be the Statistics of a revin call (mean, variance, gamma, beta), "
+            f"got {type(stats).__name__}"
+        )
     mean, variance, gamma, beta = stats
     _check_tensor("stats.mean", mean)
     _check_tensor("stats.variance", variance)

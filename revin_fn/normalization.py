@@ -97,7 +97,12 @@ class Normalization(nn.Module):
     def _store(self, call: str, mean: object, variance: object) -> None:
         for name, value in (("mean", mean), ("variance", variance)):
             try:
-                if isinstance(value, torch.Tensor) and value.is_complex():
+                complex_ = (
+                    value.is_complex()
+                    if isinstance(value, torch.Tensor)
+                    else getattr(getattr(value, "dtype", None), "kind", "") == "c"  # numpy
+                )
+                if complex_:
                     raise TypeError
                 tensor = torch.as_tensor(value, dtype=torch.float64)
             except (TypeError, ValueError, RuntimeError):

@@ -441,6 +441,8 @@ def test_numpy_integer_sizes_and_bool_refused(cls):
 
 
 def test_errors_name_the_compat_call_the_user_made():
+    with pytest.raises(RevINError, match=r"^RevIN\(num_features=3\): non_norm must be True or F"):
+        RevIN(3, non_norm="False")  # the string would switch normalization off
     layer = RevIN(3)
     with pytest.raises(
         RevINError,

@@ -121,8 +121,9 @@ class _Doubling(torch.nn.Module):
 
 
 def test_jit_trace_is_valid_for_other_inputs() -> None:
+    torch.jit.trace(forecast, (X,))  # an earlier trace: the filters it leaves are overridden
     with warnings.catch_warnings(record=True) as caught:
-        warnings.filterwarnings("always", append=True)  # after revin_fn's own filter
+        warnings.simplefilter("always")  # ahead of every filter there was
         torch.jit.trace(lambda x: x * 2 if bool(x.sum() > -1e9) else x, (X,))  # the caller's
         traced = torch.jit.trace(forecast, (X,))
         model = _Doubling()

@@ -440,6 +440,8 @@ def test_compile_fullgraph_after_load_state_dict():
          r"mean must be a real number or a sequence, array or tensor of them, got str 'a'"),
         ((5,), {"mean": torch.zeros(5, dtype=torch.complex64), "variance": 1.0}, RevINTypeError,
          r"mean must be a real number"),
+        ((5,), {"mean": 0.0, "variance": np.ones(5) + 1j}, RevINTypeError,
+         r"variance must be a real number"),
     ],
 )  # fmt: skip
 def test_normalization_constructor_errors(args, kwargs, error, match):

@@ -137,16 +137,16 @@ def test_date_column_by_name_and_none(demo, tmp_path):
     assert "2 variates (load, temp; no date column)" in stdout
 
 
-def test_a_numeric_column_named_time_is_a_variate_not_the_date(tmp_path):
+def test_a_column_named_for_dates_is_the_date_whatever_it_holds(tmp_path):
     from revin_fn.demo.tables import load_csv
 
-    path = tmp_path / "timecol.csv"
-    path.write_text("time,v\n" + "".join(f"{i * 0.5},{math.sin(i)}\n" for i in range(50)))
+    path = tmp_path / "compact.csv"
+    path.write_text("date,v\n" + "".join(f"{20200101 + i},{math.sin(i)}\n" for i in range(50)))
     table = load_csv(str(path))
-    assert table.columns == ["time", "v"] and table.date_column is None
-    named = tmp_path / "named.csv"
-    named.write_text("v,time\n" + "".join(f"{i},2020-01-01 {i % 24:02d}:00\n" for i in range(50)))
-    assert load_csv(str(named)).date_column == "time"  # dates under a date name: the date
+    assert table.columns == ["v"] and table.date_column == "date"
+    numbers = tmp_path / "numbers.csv"  # an unnamed first column of numbers: a variate
+    numbers.write_text("a,v\n" + "".join(f"{i * 0.5},{math.sin(i)}\n" for i in range(50)))
+    assert load_csv(str(numbers)).columns == ["a", "v"]
 
 
 def test_iso_dates_in_an_unnamed_first_column_are_detected(demo, tmp_path):

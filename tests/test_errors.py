@@ -143,6 +143,11 @@ def test_variates_of_any_integer_dtype(dtype):
     torch.testing.assert_close(
         reverse_fn(y[:, 2:3], variates=torch.tensor([2], dtype=dtype)), reverse_fn(y)[:, 2:3]
     )
+    wrapping = torch.tensor([2**64 - 1], dtype=torch.uint64)  # would wrap to -1 in int64
+    with pytest.raises(RevINError, match=r"got a tensor of dtype torch.uint64"):
+        reverse_fn(y[:, :1], variates=wrapping)
+    with pytest.raises(RevINTypeError, match=r"^reverse\(y_hat, stats\): stats must be the Stat"):
+        reverse(y, None)
 
 
 def test_variates_on_a_single_variate_are_checked_and_selected():
@@ -232,6 +237,8 @@ def test_more_inputs_are_refused_naming_the_call():
 
 def test_numpy_values_are_taken_like_python_ones():
     np = pytest.importorskip("numpy")
+    assert revin(X, return_statistics=np.True_)[2].mean.shape == (4, 7, 1)
+    assert RevIN(7, affine=np.False_).gamma is None
     y, reverse_fn = revin(X, eps=np.float32(1e-5))
     expected, _ = revin(X, eps=float(np.float32(1e-5)))
     assert torch.equal(y, expected)

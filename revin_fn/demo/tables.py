@@ -136,27 +136,19 @@ def _date_index(
                 "use --date-column none for a file without dates"
             )
         return header.index(date_column)
-    named = [  # a column named for dates that holds numbers is a variate, never the date
-        i for i, column in enumerate(header)
-        if column.lower() in DATE_NAMES and not (i < len(first) and _is_number(first[i]))
-    ]  # fmt: skip
-    if named:
+    named = [i for i, column in enumerate(header) if column.lower() in DATE_NAMES]
+    if named:  # whatever it holds: ISO dates, 20200101, epoch seconds
         return named[0]
     return 0 if first and _is_date(first[0]) else None
 
 
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell.strip())
-    except ValueError:
-        return False
-    return True
-
-
 def _is_date(cell: str) -> bool:
     cell = cell.strip()
-    if _is_number(cell):
-        return False  # a number is never taken for a date
+    try:
+        float(cell)
+        return False  # a number in an unnamed first column is a variate, never a date
+    except ValueError:
+        pass
     try:
         datetime.datetime.fromisoformat(cell.replace("/", "-"))
     except ValueError:
