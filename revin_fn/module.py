@@ -17,6 +17,14 @@ from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 from .functional import Mask, Statistics, reverse, revin
 
 
+def _identity_reverse(layout: Layout, like: Tensor, dtype: torch.dtype) -> ReverseFn:
+    """The reverse of ``non_norm``: mean 0, scale 1 in statistics shaped as ``like`` (tensors of
+    their own), so that its outputs get the checks of any other reverse."""
+    zero = torch.zeros_like(like)
+    one = torch.ones_like(zero)
+    return ReverseFn(Frame(layout, zero, one, one, zero, dtype))
+
+
 class RevIN(nn.Module):
     """Reversible instance normalization with learnable affine parameters.
 
@@ -191,9 +199,8 @@ class RevIN(nn.Module):
         try:
             if self.non_norm:
                 mean = _check_tensor("stats.mean", stats[0])
-                zero, one = torch.zeros_like(mean), torch.ones_like(mean)
-                frame = Frame(parse(self.pattern, mean.ndim), zero, one, one, zero, mean.dtype)
-                return ReverseFn(frame)(y_hat, variates, shift=shift, stepwise=stepwise)
+                identity = _identity_reverse(parse(self.pattern, mean.ndim), mean, mean.dtype)
+                return identity(y_hat, variates, shift=shift, stepwise=stepwise)
             return reverse(
                 y_hat,
                 stats,
@@ -217,10 +224,9 @@ class RevIN(nn.Module):
         shape = list(x.shape)
         shape[layout.time] = 1
         zero = x.new_zeros(shape, dtype=stats_dtype(x.dtype))
-        one = torch.ones_like(zero)
-        identity = ReverseFn(Frame(layout, zero, one, one, zero, x.dtype))
+        identity = _identity_reverse(layout, zero, x.dtype)
         if return_statistics:
-            return x.clone(), identity, Statistics(zero.clone(), one.clone(), None, None)
+            return x.clone(), identity, Statistics(zero, torch.ones_like(zero), None, None)
         return x.clone(), identity
 
     def _load_from_state_dict(

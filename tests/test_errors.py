@@ -143,6 +143,10 @@ def test_variates_of_any_integer_dtype(dtype):
     torch.testing.assert_close(
         reverse_fn(y[:, 2:3], variates=torch.tensor([2], dtype=dtype)), reverse_fn(y)[:, 2:3]
     )
+
+
+def test_uint64_variates_and_other_statistics_are_refused():
+    y, reverse_fn = revin(X)
     wrapping = torch.tensor([2**64 - 1], dtype=torch.uint64)  # would wrap to -1 in int64
     with pytest.raises(RevINError, match=r"got a tensor of dtype torch.uint64"):
         reverse_fn(y[:, :1], variates=wrapping)
