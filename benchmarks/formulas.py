@@ -79,6 +79,33 @@ def tslib_pair(dim: int) -> tuple[Forward, Reverse]:
     return forward, reverse
 
 
+def floor_pair(dim: int) -> tuple[Forward, Reverse]:
+    """The least an eager implementation on revin_fn's CPU kernel does: one ``native_group_norm``
+    pass (y, mean and 1 / std, gamma and beta recorded by autograd) and the inverse
+    ``(y - beta) / gamma / rstd + mean``; no checks, no eps rule beyond the kernel's
+    ``var + eps``, no statistics, no remedy for data far from 0. Not a normalization to use: the
+    floor under revin_fn's cost at shapes bound by the number of operations."""
+
+    def forward(x: Tensor, gamma: Tensor | None, beta: Tensor | None) -> tuple[Tensor, State]:
+        rows = x if dim == x.ndim - 1 else x.movedim(dim, -1).contiguous()
+        batch, variates, length = rows.shape
+        weight, bias = (None if t is None else t.reshape(-1) for t in (gamma, beta))
+        y, mean, rstd = torch.native_group_norm(
+            rows, weight, bias, batch, variates, length, variates, EPS
+        )
+        mean, rstd = (t.view(batch, variates, 1).movedim(-1, dim) for t in (mean, rstd))
+        y = y if dim == x.ndim - 1 else y.movedim(-1, dim).contiguous()
+        return y, (mean, rstd, gamma, beta)
+
+    def reverse(y: Tensor, state: State) -> Tensor:
+        mean, rstd, gamma, beta = state
+        if gamma is not None:
+            y = (y - beta) / gamma
+        return y / rstd + mean
+
+    return forward, reverse
+
+
 def revin_fn_pair(pattern: str, **options: Any) -> tuple[Forward, Reverse]:
     """revin with ``return_statistics=True``, like the formulas, whose state holds the mean and
     variance (the statistics cost one more small operation)."""

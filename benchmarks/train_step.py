@@ -12,7 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from formulas import itransformer_pair, none_pair, original_pair, revin_fn_pair, tslib_pair
+from formulas import (
+    floor_pair,
+    itransformer_pair,
+    none_pair,
+    original_pair,
+    revin_fn_pair,
+    tslib_pair,
+)
 from torch import Tensor, nn
 
 HORIZON = 96
@@ -25,11 +32,14 @@ VARIANTS: list[tuple[str, str, bool, dict[str, Any]]] = [
     ("original", "original", True, {}),
     ("revin_fn no affine", "revin_fn", False, {"eps_mode": "add"}),
     ("tslib", "tslib", False, {}),
+    ("kernel floor", "floor", True, {}),
+    ("kernel floor, no affine", "floor", False, {}),
 ]
 COMPILED = ("none", "revin_fn", "itransformer", "revin_fn no affine", "tslib")
 # (revin_fn label, formula label): the normalization's cost of the first over the second
 TARGETS = [("revin_fn", "itransformer"), ("revin_fn original", "original"),
-           ("revin_fn no affine", "tslib")]  # fmt: skip
+           ("revin_fn no affine", "tslib"), ("kernel floor", "itransformer"),
+           ("kernel floor, no affine", "tslib")]  # fmt: skip
 
 
 class Step:
@@ -54,6 +64,7 @@ class Step:
             "itransformer": itransformer_pair(dim),
             "original": original_pair(dim),
             "tslib": tslib_pair(dim),
+            "floor": floor_pair(dim),
         }
         self.pattern = pattern
 

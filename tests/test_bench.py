@@ -61,3 +61,31 @@ def test_quick_benchmark_runs_and_matches_the_reference_formulas(
         assert all(value > 0 for value in row["ms"].values()) and row["ratio"] > 0
         assert any(route.endswith("+redo") for route in row["routes"]), row
     assert "1% of windows flat" in printed
+
+
+@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
+def test_every_training_step_variant_computes_the_same_loss_and_gradients(pattern: str) -> None:
+    """The step table compares like with like: each normalization with affine parameters (the
+    kernel floor included) gives the iTransformer formula's loss and gradients, each without
+    them TSLib's, to the eps rules' rounding."""
+    load_bench()  # puts benchmarks/ on sys.path
+    import torch
+    from train_step import VARIANTS, Step
+
+    step = Step((4, 3, 40), pattern, "cpu")
+    with torch.no_grad():  # a learned affine, so that gamma and beta matter
+        step.gamma.copy_(torch.tensor([1.5, -0.7, 0.9]).view_as(step.gamma))
+        step.beta.copy_(torch.tensor([0.2, -0.1, 0.3]).view_as(step.beta))
+    parameters = [step.linear.weight, step.linear.bias, step.gamma, step.beta]
+
+    def loss_and_grads(label: str) -> list[torch.Tensor]:
+        loss = step.loss_fn(label)(step.x, step.target)
+        grads = torch.autograd.grad(loss, parameters, allow_unused=True, materialize_grads=True)
+        return [loss.detach(), *grads]
+
+    expected = {True: loss_and_grads("itransformer"), False: loss_and_grads("tslib")}
+    assert not torch.allclose(expected[True][0], expected[False][0])  # the affine matters
+    for label, _, affine, _ in VARIANTS:
+        if label != "none":
+            for got, want in zip(loss_and_grads(label), expected[affine], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=label)
