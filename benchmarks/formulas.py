@@ -80,11 +80,12 @@ def tslib_pair(dim: int) -> tuple[Forward, Reverse]:
 
 
 def floor_pair(dim: int) -> tuple[Forward, Reverse]:
-    """The least an eager implementation on revin_fn's CPU kernel does: one ``native_group_norm``
-    pass (y, mean and 1 / std, gamma and beta recorded by autograd) and the inverse
-    ``(y - beta) / gamma / rstd + mean``; no checks, no eps rule beyond the kernel's
-    ``var + eps``, no statistics, no remedy for data far from 0. Not a normalization to use: the
-    floor under revin_fn's cost at shapes bound by the number of operations."""
+    """revin_fn's row route with nothing but its arithmetic: one ``native_group_norm`` pass (y,
+    mean and 1 / std; gamma and beta recorded by autograd), ``gain = 1 / (rstd * gamma)``,
+    ``offset = mean - beta * gain`` and the inverse ``y * gain + offset``. No checks, no eps
+    rule beyond the kernel's ``var + eps``, no statistics, no remedy for data far from 0: not a
+    normalization to use, the floor under revin_fn's cost where a step is bound by its number
+    of operations rather than by memory."""
 
     def forward(x: Tensor, gamma: Tensor | None, beta: Tensor | None) -> tuple[Tensor, State]:
         rows = x if dim == x.ndim - 1 else x.movedim(dim, -1).contiguous()
@@ -95,13 +96,14 @@ def floor_pair(dim: int) -> tuple[Forward, Reverse]:
         )
         mean, rstd = (t.view(batch, variates, 1).movedim(-1, dim) for t in (mean, rstd))
         y = y if dim == x.ndim - 1 else y.movedim(-1, dim).contiguous()
-        return y, (mean, rstd, gamma, beta)
+        if gamma is None or beta is None:
+            return y, (rstd.reciprocal(), mean)
+        gain = (rstd * gamma).reciprocal()
+        return y, (gain, mean - beta * gain)
 
     def reverse(y: Tensor, state: State) -> Tensor:
-        mean, rstd, gamma, beta = state
-        if gamma is not None:
-            y = (y - beta) / gamma
-        return y / rstd + mean
+        gain, offset = state
+        return y * gain + offset
 
     return forward, reverse
 

@@ -240,6 +240,13 @@ class RevIN(nn.Module):
             if self.affine and value.shape == (self.num_variates, 1):
                 state_dict[prefix + name] = value.reshape(-1)
             elif not self.affine:
+                if value.shape not in ((self.num_variates,), (self.num_variates, 1)):
+                    raise RevINError(
+                        f"RevIN(num_variates={self.num_variates!r}).load_state_dict(state_dict): "
+                        f"{prefix}{name} has shape {tuple(value.shape)}, expected "
+                        f"({self.num_variates},) or ({self.num_variates}, 1): the checkpoint is "
+                        "of a model with another number of variates"
+                    )
                 if not value.is_meta and not bool((value == identity).all()):
                     raise RevINError(
                         f"RevIN(num_variates={self.num_variates!r}).load_state_dict(state_dict): "

@@ -277,3 +277,6 @@ def test_itransformer_checkpoint_without_affine_loads_and_learned_values_are_ref
         norm.load_state_dict(learned)
     with pytest.raises(RuntimeError, match=r"size mismatch for gamma"):
         RevIN(4).load_state_dict(ITransformerRevIN(5).state_dict())
+    # identity values of another model's width are refused too, not dropped
+    with pytest.raises(RevINError, match=r"gamma has shape \(5, 1\), expected \(4,\) or \(4, 1\)"):
+        RevIN(4, affine=False).load_state_dict(frozen)
