@@ -66,11 +66,12 @@ def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:
             raise ValueError(
                 f"a bool variates mask needs shape ({size},), got {tuple(variates.shape)}"
             )
-        torch._assert_async(
-            variates.sum() == count,
-            f"reverse_fn(y_hat): the bool variates mask must hold {count} True entries, "
-            f"one per variate of y_hat",
-        )
+        entries = "entry" if count == 1 else "entries"
+        wrong = f"the bool variates mask must hold {count} True {entries} (one per output variate)"
+        try:  # raises here on the CPU; on an accelerator it fails the stream later
+            torch._assert_async(variates.sum() == count, f"revin_fn: variates=: {wrong}")
+        except RuntimeError:
+            raise ValueError(f"{wrong}, it holds {int(variates.sum())}") from None
         # the positions of the True entries, in order, without nonzero(): True sorts first
         return torch.argsort((~variates).to(torch.uint8), stable=True)[:count]
     if variates.ndim != 1 or variates.dtype not in _INDEX_DTYPES:

@@ -124,6 +124,7 @@ def test_reverse_fn_checks_what_it_is_given(y_hat, message):
         ([0, 9], r"variates=\[0, 9\] is out of range for 7 variates"),
         ([True, False], r"a bool variates mask needs 7 entries, got 2"),
         (torch.tensor([True, False]), r"a bool variates mask needs shape \(7,\), got \(2,\)"),
+        (torch.tensor([True] * 2 + [False] * 5), r"must hold 1 True entry \(one per output va"),
         ([0.5], r"variates must hold ints \(or only bools\), got float 0.5 in \[0.5\]"),
         ([None], r"variates must hold ints \(or only bools\), got NoneType None"),
         ({0}, r"variates must be an int, a sequence of ints, a slice or a bool mask, got set"),
@@ -135,6 +136,19 @@ def test_bad_variates_selection(variates, message):
     _, reverse_fn = revin(X)
     with pytest.raises(RevINError, match=message):
         reverse_fn(torch.zeros(4, 1, 3), variates=variates)
+
+
+def test_a_bool_variates_mask_with_the_wrong_count_names_the_call_made():
+    y, reverse_fn, stats = revin(X, return_statistics=True)
+    mask = torch.tensor([True, False, True, False, False, False, False])
+    torch.testing.assert_close(reverse_fn(y[:, [0, 2]], variates=mask), reverse_fn(y)[:, [0, 2]])
+    for call, message in (
+        (lambda: reverse_fn(y[:, :3], variates=mask), r"^reverse_fn\(y_hat\): the bool variates"),
+        (lambda: reverse(y[:, :3], stats, variates=mask), r"^reverse\(y_hat, stats\): the bool"),
+        (lambda: reverse_fn.normalize(y[:, :3], variates=mask), r"^reverse_fn\.normalize\(t\): "),
+    ):
+        with pytest.raises(RevINError, match=message + r".* 3 True entries .*, it holds 2$"):
+            call()
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8])
