@@ -69,7 +69,7 @@ def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:
         entries = "entry" if count == 1 else "entries"
         wrong = f"the bool variates mask must hold {count} True {entries} (one per output variate)"
         try:  # raises here on the CPU; on an accelerator it fails the stream later
-            torch._assert_async(variates.sum() == count, f"revin_fn: variates=: {wrong}")
+            torch._assert_async(variates.sum() == count, f"revin_fn: {wrong}")
         except RuntimeError:
             raise ValueError(f"{wrong}, it holds {int(variates.sum())}") from None
         # the positions of the True entries, in order, without nonzero(): True sorts first
