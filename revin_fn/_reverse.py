@@ -226,7 +226,12 @@ def _check_device(name: str, value: Tensor, reference: Tensor) -> None:
 
 
 # the call names revin_fn's own functions give their errors, replaced by a shell's (``_renamed``)
-_INNER_CALLS = ("revin(x, gamma, beta): ", "reverse(y_hat, stats): ", "reverse_fn(y_hat): ")
+_INNER_CALLS = (
+    "revin(x, gamma, beta): ",
+    "reverse(y_hat, stats): ",
+    "reverse_fn(y_hat): ",
+    "adapt(data): ",
+)
 
 
 def _error(call: str, error: Exception) -> RevINError:

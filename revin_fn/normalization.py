@@ -11,11 +11,12 @@ from torch import Tensor, nn
 from . import RevINError, RevINTypeError, _args
 from ._options import DEFAULT_EPS, Options, check_options
 from ._patterns import parse
-from ._reverse import ReverseFn, _check_tensor, _error
+from ._reverse import ReverseFn, _check_tensor, _error, _renamed
 from .dataset import _normalize, adapt
 from .functional import Mask, Statistics
 
 NO_STATISTICS = "no statistics yet: call adapt(data) or pass mean= and variance="
+HALF = (torch.float16, torch.bfloat16)
 
 
 class Normalization(nn.Module):
@@ -34,8 +35,11 @@ class Normalization(nn.Module):
     The buffers are checked when they are set (constructor, ``adapt``, ``load_state_dict``),
     never in ``forward`` (no device sync; ``torch.compile(fullgraph=True)`` traces it). A
     forward before any statistics, or after loading a checkpoint whose statistics hold NaN
-    (saved before ``adapt``), raises :class:`RevINError` saying which. Write the buffers
-    through these three, not in place.
+    (saved before ``adapt``), raises :class:`RevINError` saying which, unless the buffers were
+    written another way since (in place, as ``AveragedModel(use_buffers=True)`` does, or
+    swapped by ``torch.func.functional_call``): until the next of those three, such a forward
+    reads them on the host to check them. ``.half()`` and ``.bfloat16()`` keep the statistics
+    in float32.
 
     Args:
         num_variates: size of the ``v`` axis (a Python or numpy integer).
@@ -45,8 +49,8 @@ class Normalization(nn.Module):
             one value); both or neither. Default: learned by ``adapt``.
         eps, eps_mode: as in :func:`revin_fn.revin`; Keras' ``max(sqrt(var), 1e-7)`` is
             ``eps=1e-14, eps_mode="clamp"``. Default: ``1e-5``, ``"clamp"``.
-        device, dtype: for the buffers. Default: float64 (the computation runs in float64;
-            with float32 buffers in float32, or float64 for float64 input).
+        device, dtype: for the buffers, float64 or float32. Default: float64 (the computation
+            runs in float64; with float32 buffers in float32, or float64 for float64 input).
 
     Examples::
 
@@ -75,8 +79,14 @@ class Normalization(nn.Module):
         call = f"Normalization(num_variates={num_variates!r})"
         try:
             num_variates = _args.size("num_variates", num_variates)
+            _args.flag("invert", invert)
             eps = _args.number("eps", eps)
             _args.dtype("dtype", dtype)
+            if dtype in HALF:
+                raise ValueError(
+                    f"dtype={dtype} cannot hold the statistics (a variance of 400**2 overflows "
+                    "float16, bfloat16 rounds a mean of 1000.3 to 1000): use float32 or float64"
+                )
             check_options(Options(eps, eps_mode))
             if _args.layout(pattern).variate is None:
                 raise ValueError(f'pattern "{pattern}" needs a variate axis "v"')
@@ -117,6 +127,9 @@ class Normalization(nn.Module):
                 )
             with torch.no_grad():
                 getattr(self, name).copy_(tensor.expand(self.num_variates))
+        if self.mean.is_meta or self.variance.is_meta:  # no values to check
+            self._missing = None
+            return
         if bool((self.variance < 0).any()):
             raise RevINError(f"{call}: variance must be >= 0, got {self.variance.tolist()}")
         for name in ("mean", "variance"):
@@ -125,11 +138,27 @@ class Normalization(nn.Module):
                 raise RevINError(f"{call}: {name} must be finite, got {values}")
         self._missing = None
 
+    def _unset(self) -> bool:
+        """Whether the buffers are all NaN, as before any statistics."""
+        return bool(self.mean.isnan().all() & self.variance.isnan().all())
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Normalization:
+        """``.to()``, ``.half()``, ``.cuda()``...: statistics never go to half precision (float16
+        overflows at a variance of 400**2, bfloat16 rounds a mean of 1000.3 to 1000); a cast to
+        float16 or bfloat16 keeps them in float32, computed from the values before the cast."""
+        before = {name: getattr(self, name) for name in ("mean", "variance")}
+        super()._apply(fn, recurse)
+        for name, value in before.items():
+            moved = getattr(self, name)
+            if moved.dtype in HALF:
+                self._buffers[name] = value.to(device=moved.device, dtype=torch.float32)
+        return self
+
     def _check_buffers(self) -> str | None:
         """What is wrong with the buffers' values (read on the host: only where they are set)."""
         if self.mean.is_meta or self.variance.is_meta:
             return None
-        if bool(self.mean.isnan().all() & self.variance.isnan().all()):
+        if self._unset():
             return (
                 "the loaded statistics are all NaN (a checkpoint saved before adapt): call "
                 "adapt(data) or load adapted statistics"
@@ -153,15 +182,19 @@ class Normalization(nn.Module):
         distributed: bool | None = None,
     ) -> Normalization:
         """Learn ``mean``/``variance`` from ``data`` (replacing earlier ones); see :func:`adapt`."""
-        stats = adapt(
-            data, pattern=self.pattern, mask=mask, progress=progress, distributed=distributed
-        )
+        call = "Normalization.adapt(data)"
+        try:
+            stats = adapt(
+                data, pattern=self.pattern, mask=mask, progress=progress, distributed=distributed
+            )
+        except RevINError as error:
+            raise _renamed(call, error) from None
         if stats.mean.shape != (self.num_variates,):
             raise RevINError(
-                f"Normalization.adapt(data): data has {stats.mean.numel()} variates, "
+                f"{call}: data has {stats.mean.numel()} variates, "
                 f"expected num_variates={self.num_variates}"
             )
-        self._store("Normalization.adapt(data)", stats.mean, stats.variance)
+        self._store(call, stats.mean, stats.variance)
         return self
 
     @overload
@@ -177,8 +210,13 @@ class Normalization(nn.Module):
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:
         call = "Normalization.forward(x)"
         if self._missing is not None:  # a Python value: no device sync, nothing to trace
-            raise RevINError(f"{call}: {self._missing}")
+            # unless the buffers were written another way since (in place, as an EMA copy's
+            # are, or swapped by torch.func.functional_call): then their values are read here
+            found = self._check_buffers()
+            if found is not None:
+                raise RevINError(f"{call}: {self._missing if self._unset() else found}")
         try:
+            _args.flag("return_statistics", return_statistics)
             layout = parse(self.pattern, _check_tensor("x", x).ndim)
         except (TypeError, ValueError) as error:
             raise _error(call, error) from None

@@ -465,3 +465,62 @@ def test_normalization_forward_checks_the_variate_count():
         norm(torch.randn(2, 10, 5))
     with pytest.raises(RevINError, match=r"^Normalization.forward\(x\): x must be a torch.Tensor"):
         norm([1.0, 2.0])
+
+
+def test_normalization_statistics_stay_out_of_half_precision():
+    """``model.half()`` would overflow a variance of 400**2 in float16 (the output became 0) and
+    round a mean of 1000.3 to 1000 in bfloat16; the statistics stay float32 instead."""
+    norm = Normalization(2, pattern="b t v", mean=[1000.3, 5.0], variance=[400.0**2, 1.0])
+    x = torch.tensor([[[600.3, 4.0], [1400.3, 6.0]]])
+    expected = torch.tensor([[[-1.0, -1.0], [1.0, 1.0]]])
+    for cast in (torch.nn.Module.half, torch.nn.Module.bfloat16, lambda m: m.to(torch.float16)):
+        copy = cast(Normalization(2, pattern="b t v", mean=norm.mean, variance=norm.variance))
+        assert copy.mean.dtype == copy.variance.dtype == torch.float32
+        torch.testing.assert_close(copy.mean, norm.mean.float())  # from the float64 values
+        y, reverse_fn = copy(x.to(torch.float16))
+        assert y.dtype == torch.float16
+        torch.testing.assert_close(y.float(), expected, rtol=0.0, atol=2e-3)  # x rounded to fp16
+        torch.testing.assert_close(reverse_fn(y).float(), x, rtol=1e-3, atol=0.0)
+    assert norm.double().mean.dtype == torch.float64 and norm.float().mean.dtype == torch.float32
+    with pytest.raises(RevINError, match=r"dtype=torch.float16 cannot hold the statistics"):
+        Normalization(2, dtype=torch.float16)
+
+
+def test_normalization_flags_must_be_bools():
+    with pytest.raises(RevINTypeError, match=r"invert must be True or False, got str 'False'"):
+        Normalization(2, invert="False")
+    norm = Normalization(2, mean=0.0, variance=1.0)
+    with pytest.raises(RevINTypeError, match=r"^Normalization.forward\(x\): return_statistics mus"):
+        norm(torch.randn(3, 2, 4), return_statistics="no")
+
+
+def test_normalization_buffers_written_another_way_are_read_and_checked():
+    """An EMA copy made before adapt gets its buffers in place; functional_call swaps them in."""
+    data = torch.randn(64, 3, 16) * 4 + 20
+    model = Normalization(3)
+    ema = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
+    model.adapt(data)
+    ema.update_parameters(model)
+    x = torch.randn(2, 3, 16) * 4 + 20
+    torch.testing.assert_close(ema.module(x)[0], model(x)[0])
+    stats = {"mean": model.mean, "variance": model.variance}
+    fresh = Normalization(3)
+    y, _ = torch.func.functional_call(fresh, stats, (x,))
+    torch.testing.assert_close(y, model(x)[0])
+    with pytest.raises(RevINError, match=r"^Normalization.forward\(x\): no statistics yet"):
+        fresh(x)  # its own buffers are still unset
+    with torch.no_grad():
+        fresh.variance.copy_(model.variance)  # in place, half of them
+    with pytest.raises(RevINError, match=r"forward\(x\): the loaded statistics hold NaN or inf"):
+        fresh(x)
+
+
+def test_normalization_with_given_statistics_on_the_meta_device():
+    norm = Normalization(3, pattern="b t v", mean=[1.0, 2.0, 3.0], variance=1.0, device="meta")
+    y, reverse_fn = norm(torch.empty(2, 8, 3, device="meta"))
+    assert y.is_meta and y.shape == (2, 8, 3) and reverse_fn(y).shape == (2, 8, 3)
+
+
+def test_normalization_adapt_errors_name_the_method():
+    with pytest.raises(RevINError, match=r'^Normalization.adapt\(data\): pattern "b v t" needs a'):
+        Normalization(3).adapt(torch.randn(4, 3))
