@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Literal, Union
 
@@ -13,6 +15,18 @@ from ._patterns import Layout
 from ._reverse import _check_tensor
 
 Mask = Union[Tensor, Literal["nan"]]  # noqa: UP007
+# frames a warning skips to reach the user's line: revin_fn's own and nn.Module's call machinery
+_OWN_FILES = (os.path.dirname(__file__) + os.sep, torch.nn.modules.module.__file__)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller point at the user's line
+    (the first frame outside revin_fn and ``nn.Module.__call__``), however it was reached:
+    ``module(x)``, ``module.forward(x)`` or a revin_fn function. Eager only (not traced)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_OWN_FILES):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _affine_vector(name: str, value: Tensor | None, x: Tensor, layout: Layout) -> Tensor | None:
@@ -97,5 +111,5 @@ def _warn_if_swapped(x: Tensor, layout: Layout) -> None:
             'out (batch, time, variates) needs pattern="b t v"; pass pattern= explicitly to '
             "silence this warning",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )

@@ -21,6 +21,10 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
     """Turn a ``variates=`` selection into something that indexes an axis of length ``size``,
     for an output holding ``count`` variates. Reads no tensor value on the host."""
     if isinstance(variates, slice):
+        if variates.step is not None and operator.index(variates.step) <= 0:
+            raise ValueError(f"variates={variates!r}: the step must be positive")
+        if count and not range(size)[variates]:  # clipped to nothing, for an output that has some
+            raise ValueError(f"variates={variates!r} selects none of {size} variates")
         return variates
     if isinstance(variates, Tensor):
         return _tensor_index(variates, size, count)

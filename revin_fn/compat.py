@@ -115,14 +115,11 @@ class RevIN(nn.Module):
         ``variates`` (denorm only): which features ``x`` holds, as in ``reverse_fn``.
         """
         name = type(self).__name__
+        if self.non_norm and mode in ("norm", "denorm"):  # a copy, as revin_fn.RevIN's
+            return _checked(f'{name}(x, mode="{mode}")', x).clone()
         if mode == "norm":
-            if self.non_norm:
-                return x
             call = f'{name}(x, mode="norm")'
-            try:
-                _check_tensor("x", x)
-            except (TypeError, ValueError) as error:
-                raise _error(call, error) from None
+            _checked(call, x)
             if x.ndim != 3:
                 raise RevINError(f"{call}: x has shape {tuple(x.shape)}, expected "
                                  "(batch, time, features)")  # fmt: skip
@@ -143,8 +140,6 @@ class RevIN(nn.Module):
                 raise _renamed(call, error) from None
             return y
         if mode == "denorm":
-            if self.non_norm:
-                return x
             return _denorm(f'{name}(x, mode="denorm")', self.reverse_fn, x, variates)
         raise RevINError(f'{name}(x, mode={mode!r}): mode must be "norm" or "denorm"')
 
@@ -227,6 +222,7 @@ class ReversibleInstanceNorm1dInput(nn.Module):
         super().__init__()
         try:
             d = _args.size("d", d)
+            _args.flag("transposed", transposed)
         except (TypeError, ValueError) as error:
             raise _error(f"ReversibleInstanceNorm1dInput(d={d!r})", error) from None
         self.d = d
@@ -298,3 +294,11 @@ def _denorm(
         return reverse_fn(y, variates)
     except RevINError as error:
         raise _renamed(call, error) from None
+
+
+def _checked(call: str, x: object) -> Tensor:
+    """``x`` if it is a floating tensor, else the error under ``call``'s name."""
+    try:
+        return _check_tensor("x", x)
+    except (TypeError, ValueError) as error:
+        raise _error(call, error) from None

@@ -207,17 +207,22 @@ def revin(
     return y, reverse_fn
 
 
-def frame_from_statistics(
-    stats: Statistics, pattern: str, eps: float, eps_mode: str, dtype: torch.dtype | None = None
-) -> Frame:
-    """Rebuild the inverse of a ``revin`` call from its Statistics (same options required);
-    ``dtype``: the input's (default: the statistics')."""
+def statistics_fields(stats: object) -> Statistics:
+    """``stats`` if it is a Statistics (any 4-tuple), else a ``TypeError`` saying so."""
     if not isinstance(stats, tuple) or len(stats) != 4:
         raise TypeError(
             "stats must be the Statistics of a revin call (mean, variance, gamma, beta), "
             f"got {type(stats).__name__}"
         )
-    mean, variance, gamma, beta = stats
+    return Statistics(*stats)
+
+
+def frame_from_statistics(
+    stats: Statistics, pattern: str, eps: float, eps_mode: str, dtype: torch.dtype | None = None
+) -> Frame:
+    """Rebuild the inverse of a ``revin`` call from its Statistics (same options required);
+    ``dtype``: the input's (default: the statistics')."""
+    mean, variance, gamma, beta = statistics_fields(stats)
     _check_tensor("stats.mean", mean)
     _check_tensor("stats.variance", variance)
     check_options(Options(eps, eps_mode))

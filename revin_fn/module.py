@@ -9,12 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from . import RevINError, _args
-from ._inputs import _observed
+from ._inputs import _observed, user_stacklevel
 from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import Layout, parse
 from ._reference import Frame
 from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
-from .functional import Mask, Statistics, reverse, revin
+from .functional import Mask, Statistics, reverse, revin, statistics_fields
 
 
 def _identity_reverse(layout: Layout, like: Tensor, dtype: torch.dtype) -> ReverseFn:
@@ -177,7 +177,7 @@ class RevIN(nn.Module):
                 "variates often means the axes are swapped; pass the right pattern, or "
                 "num_variates= to have the variate axis checked (and this warning silenced)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         return layout
 
@@ -198,7 +198,7 @@ class RevIN(nn.Module):
         call = f"RevIN(num_variates={self.num_variates!r}).reverse(y_hat, stats)"
         try:
             if self.non_norm:
-                mean = _check_tensor("stats.mean", stats[0])
+                mean = _check_tensor("stats.mean", statistics_fields(stats).mean)
                 identity = _identity_reverse(parse(self.pattern, mean.ndim), mean, mean.dtype)
                 return identity(y_hat, variates, shift=shift, stepwise=stepwise)
             return reverse(
@@ -240,7 +240,9 @@ class RevIN(nn.Module):
             if self.affine and value.shape == (self.num_variates, 1):
                 state_dict[prefix + name] = value.reshape(-1)
             elif not self.affine:
-                if value.shape not in ((self.num_variates,), (self.num_variates, 1)):
+                width = value.shape[0] if self.num_variates is None and value.ndim else None
+                expected = self.num_variates or width
+                if value.shape not in ((expected,), (expected, 1)):
                     raise RevINError(
                         f"RevIN(num_variates={self.num_variates!r}).load_state_dict(state_dict): "
                         f"{prefix}{name} has shape {tuple(value.shape)}, expected "

@@ -147,7 +147,7 @@ class Normalization(nn.Module):
         overflows at a variance of 400**2, bfloat16 rounds a mean of 1000.3 to 1000); a cast to
         float16 or bfloat16 keeps them in float32, computed from the values before the cast."""
         before = {name: getattr(self, name) for name in ("mean", "variance")}
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         for name, value in before.items():
             moved = getattr(self, name)
             if moved.dtype in HALF:

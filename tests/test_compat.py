@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from revin_fn import RevINError
+from revin_fn import RevINError, RevINTypeError
 from revin_fn.compat import (
     Normalize,
     ReversibleInstanceNorm,
@@ -212,8 +212,16 @@ def test_denorm_before_norm_and_bad_mode_raise(cls):
 def test_non_norm_is_identity_in_both_modes():
     layer = RevIN(3, non_norm=True)
     x = ordinary(2, 10, 3)
-    assert layer(x, mode="norm") is x
-    assert layer(x, mode="denorm") is x
+    for mode in ("norm", "denorm"):
+        y = layer(x, mode=mode)
+        assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()  # a copy, as revin_fn.RevIN's
+        with pytest.raises(RevINError, match=rf'^RevIN\(x, mode="{mode}"\): x must be a float'):
+            layer(x.long(), mode=mode)
+
+
+def test_s4_input_half_transposed_must_be_a_bool():
+    with pytest.raises(RevINTypeError, match=r"transposed must be True or False, got str"):
+        ReversibleInstanceNorm1dInput(3, transposed="False")
 
 
 def test_normalize_is_tslib_signature():

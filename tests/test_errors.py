@@ -125,6 +125,8 @@ def test_reverse_fn_checks_what_it_is_given(y_hat, message):
         ([True, False], r"a bool variates mask needs 7 entries, got 2"),
         (torch.tensor([True, False]), r"a bool variates mask needs shape \(7,\), got \(2,\)"),
         (torch.tensor([True] * 2 + [False] * 5), r"must hold 1 True entry \(one per output va"),
+        (slice(9, 10), r"variates=slice\(9, 10, None\) selects none of 7 variates"),
+        (slice(None, None, -1), r"variates=slice\(None, None, -1\): the step must be positive"),
         ([0.5], r"variates must hold ints \(or only bools\), got float 0.5 in \[0.5\]"),
         ([None], r"variates must hold ints \(or only bools\), got NoneType None"),
         ({0}, r"variates must be an int, a sequence of ints, a slice or a bool mask, got set"),

@@ -11,8 +11,9 @@ from revin_fn import RevIN, RevINError, RevINTypeError, revin
 
 
 def test_default_pattern_with_fewer_steps_than_variates_warns():
-    with pytest.warns(UserWarning, match=r'default pattern "b v t" .* pattern="b t v"'):
+    with pytest.warns(UserWarning, match=r'default pattern "b v t" .* pattern="b t v"') as got:
         revin(torch.randn(32, 96, 7))
+    assert [w.filename for w in got] == [__file__]  # the warning points at the user's line
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,8 @@ def test_non_norm_is_the_identity_at_the_same_call_sites():
         reverse_fn(torch.randn(4, 24, 1))
     with pytest.raises(ValueError, match=r"RevIN\(num_variates=7\).reverse\(y_hat, stats\): y_hat"):
         norm.reverse(torch.randn(9, 9), stats)  # the same checks as without non_norm
+    with pytest.raises(TypeError, match=r"reverse\(y_hat, stats\): stats must be the Statistics"):
+        norm.reverse(forecast, None)
     with pytest.raises(ValueError, match=r"\.forward\(x\): mask must be a bool tensor"):
         norm(x, mask="foo")
     added = RevIN(7, pattern="b t v", eps_mode="add", eps=0.5, non_norm=True)
@@ -203,8 +205,13 @@ def test_module_call_names_the_module_not_the_functional():
 
 
 def test_short_time_axis_warns_only_when_the_variate_axis_is_unchecked():
-    with pytest.warns(UserWarning, match=r'has 7 steps on the time axis "t" and 96 variates'):
+    with pytest.warns(
+        UserWarning, match=r'has 7 steps on the time axis "t" and 96 variates'
+    ) as got:
         RevIN(affine=False)(torch.randn(32, 96, 7))
+    with pytest.warns(UserWarning) as direct:
+        RevIN(affine=False).forward(torch.randn(32, 96, 7))
+    assert {w.filename for w in [*got, *direct]} == {__file__}  # the user's line, not torch's
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         RevIN(affine=False)(torch.randn(32, 7, 96))
@@ -277,6 +284,10 @@ def test_itransformer_checkpoint_without_affine_loads_and_learned_values_are_ref
         norm.load_state_dict(learned)
     with pytest.raises(RuntimeError, match=r"size mismatch for gamma"):
         RevIN(4).load_state_dict(ITransformerRevIN(5).state_dict())
+    anywidth = RevIN(affine=False)  # no num_variates: any width, as the data's
+    assert anywidth.load_state_dict(frozen).missing_keys == []
+    with pytest.raises(RevINError, match=r"gamma holds learned values, but this RevIN has aff"):
+        anywidth.load_state_dict(learned)
     # identity values of another model's width are refused too, not dropped
     with pytest.raises(RevINError, match=r"gamma has shape \(5, 1\), expected \(4,\) or \(4, 1\)"):
         RevIN(4, affine=False).load_state_dict(frozen)
