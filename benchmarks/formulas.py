@@ -81,11 +81,11 @@ def tslib_pair(dim: int) -> tuple[Forward, Reverse]:
 
 def floor_pair(dim: int) -> tuple[Forward, Reverse]:
     """revin_fn's row route with nothing but its arithmetic: one ``native_group_norm`` pass (y,
-    mean and 1 / std; gamma and beta recorded by autograd), ``gain = 1 / (rstd * gamma)``,
-    ``offset = mean - beta * gain`` and the inverse ``y * gain + offset``. No checks, no eps
-    rule beyond the kernel's ``var + eps``, no statistics, no remedy for data far from 0: not a
-    normalization to use, the floor under revin_fn's cost where a step is bound by its number
-    of operations rather than by memory."""
+    and the detached mean and 1 / std; gamma and beta recorded by autograd), ``gain = 1 / (rstd
+    * gamma)``, ``offset = mean - beta * gain`` and the inverse ``y * gain + offset``. No checks,
+    no eps rule beyond the kernel's ``var + eps``, no statistics, no remedy for data far from 0:
+    not a normalization to use, the floor under revin_fn's cost where a step is bound by its
+    number of operations rather than by memory."""
 
     def forward(x: Tensor, gamma: Tensor | None, beta: Tensor | None) -> tuple[Tensor, State]:
         rows = x if dim == x.ndim - 1 else x.movedim(dim, -1).contiguous()
@@ -94,7 +94,9 @@ def floor_pair(dim: int) -> tuple[Forward, Reverse]:
         y, mean, rstd = torch.native_group_norm(
             rows, weight, bias, batch, variates, length, variates, EPS
         )
-        mean, rstd = (t.view(batch, variates, 1).movedim(-1, dim) for t in (mean, rstd))
+        # detached, as revin_fn's where x takes no gradient (as in the step): gradients sent
+        # into them would take group norm's slower composite backward instead of its kernel
+        mean, rstd = (t.detach().view(batch, variates, 1).movedim(-1, dim) for t in (mean, rstd))
         y = y if dim == x.ndim - 1 else y.movedim(-1, dim).contiguous()
         if gamma is None or beta is None:
             return y, (rstd.reciprocal(), mean)

@@ -15,8 +15,12 @@ from ._patterns import Layout
 from ._reverse import _check_tensor
 
 Mask = Union[Tensor, Literal["nan"]]  # noqa: UP007
-# frames a warning skips to reach the user's line: revin_fn's own and nn.Module's call machinery
-_OWN_FILES = (os.path.dirname(__file__) + os.sep, torch.nn.modules.module.__file__)
+# frames a warning skips to reach the user's line: revin_fn's own and torch.nn's modules (the
+# call machinery of nn.Module, containers such as nn.Sequential)
+_OWN_FILES = (
+    os.path.dirname(__file__) + os.sep,
+    os.path.dirname(torch.nn.modules.module.__file__) + os.sep,
+)
 
 
 def user_stacklevel() -> int:

@@ -23,7 +23,10 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
     if isinstance(variates, slice):
         if variates.step is not None and operator.index(variates.step) <= 0:
             raise ValueError(f"variates={variates!r}: the step must be positive")
-        if count and not range(size)[variates]:  # clipped to nothing, for an output that has some
+        # clipped to nothing, for an output that has some; not while compiling (the check would
+        # fix a dynamic size to one value per graph) nor on symbolic sizes (export)
+        static = isinstance(size, int) and not torch.compiler.is_compiling()
+        if static and count and not range(size)[variates]:
             raise ValueError(f"variates={variates!r} selects none of {size} variates")
         return variates
     if isinstance(variates, Tensor):

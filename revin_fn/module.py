@@ -240,14 +240,12 @@ class RevIN(nn.Module):
             if self.affine and value.shape == (self.num_variates, 1):
                 state_dict[prefix + name] = value.reshape(-1)
             elif not self.affine:
-                width = value.shape[0] if self.num_variates is None and value.ndim else None
-                expected = self.num_variates or width
-                if value.shape not in ((expected,), (expected, 1)):
+                if self.num_variates is not None and value.numel() != self.num_variates:
                     raise RevINError(
                         f"RevIN(num_variates={self.num_variates!r}).load_state_dict(state_dict): "
                         f"{prefix}{name} has shape {tuple(value.shape)}, expected "
-                        f"({self.num_variates},) or ({self.num_variates}, 1): the checkpoint is "
-                        "of a model with another number of variates"
+                        f"{self.num_variates} values: the checkpoint is of a model with another "
+                        "number of variates"
                     )
                 if not value.is_meta and not bool((value == identity).all()):
                     raise RevINError(

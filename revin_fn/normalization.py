@@ -15,8 +15,12 @@ from ._reverse import ReverseFn, _check_tensor, _error, _renamed
 from .dataset import _normalize, adapt
 from .functional import Mask, Statistics
 
-NO_STATISTICS = "no statistics yet: call adapt(data) or pass mean= and variance="
-HALF = (torch.float16, torch.bfloat16)
+NO_STATISTICS = (
+    "no statistics yet: call adapt(data), pass mean= and variance=, or load_state_dict (buffers "
+    "written in place, as an AveragedModel(use_buffers=True) copy's are, do not count)"
+)
+STATISTICS_DTYPES = (torch.float32, torch.float64)  # narrower ones overflow or round them
+OFF_META = "the statistics were set on the meta device, so they hold no values: call adapt(data)"
 
 
 class Normalization(nn.Module):
@@ -35,11 +39,11 @@ class Normalization(nn.Module):
     The buffers are checked when they are set (constructor, ``adapt``, ``load_state_dict``),
     never in ``forward`` (no device sync; ``torch.compile(fullgraph=True)`` traces it). A
     forward before any statistics, or after loading a checkpoint whose statistics hold NaN
-    (saved before ``adapt``), raises :class:`RevINError` saying which, unless the buffers were
-    written another way since (in place, as ``AveragedModel(use_buffers=True)`` does, or
-    swapped by ``torch.func.functional_call``): until the next of those three, such a forward
-    reads them on the host to check them. ``.half()`` and ``.bfloat16()`` keep the statistics
-    in float32.
+    (saved before ``adapt``), raises :class:`RevINError` saying which. Write the buffers
+    through these three, not in place (an ``AveragedModel(use_buffers=True)`` made before
+    ``adapt`` needs its own ``adapt`` or a ``load_state_dict``); ``torch.func.functional_call``
+    works on a module that has statistics. ``.half()``, ``.bfloat16()`` and other casts to
+    dtypes narrower than float32 leave the statistics' dtype as it is.
 
     Args:
         num_variates: size of the ``v`` axis (a Python or numpy integer).
@@ -82,7 +86,7 @@ class Normalization(nn.Module):
             _args.flag("invert", invert)
             eps = _args.number("eps", eps)
             _args.dtype("dtype", dtype)
-            if dtype in HALF:
+            if dtype is not None and dtype not in STATISTICS_DTYPES:
                 raise ValueError(
                     f"dtype={dtype} cannot hold the statistics (a variance of 400**2 overflows "
                     "float16, bfloat16 rounds a mean of 1000.3 to 1000): use float32 or float64"
@@ -138,27 +142,26 @@ class Normalization(nn.Module):
                 raise RevINError(f"{call}: {name} must be finite, got {values}")
         self._missing = None
 
-    def _unset(self) -> bool:
-        """Whether the buffers are all NaN, as before any statistics."""
-        return bool(self.mean.isnan().all() & self.variance.isnan().all())
-
     def _apply(self, fn: Any, recurse: bool = True) -> Normalization:
-        """``.to()``, ``.half()``, ``.cuda()``...: statistics never go to half precision (float16
-        overflows at a variance of 400**2, bfloat16 rounds a mean of 1000.3 to 1000); a cast to
-        float16 or bfloat16 keeps them in float32, computed from the values before the cast."""
+        """``.to()``, ``.half()``, ``.cuda()``, ``.to_empty()``...: the statistics move to the new
+        device but keep their dtype under a cast to a narrower one than float32 (float16
+        overflows at a variance of 400**2, bfloat16 rounds a mean of 1000.3 to 1000); moved off
+        the meta device they hold no values, so forward raises until ``adapt``."""
         before = {name: getattr(self, name) for name in ("mean", "variance")}
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         for name, value in before.items():
             moved = getattr(self, name)
-            if moved.dtype in HALF:
-                self._buffers[name] = value.to(device=moved.device, dtype=torch.float32)
+            if moved.dtype not in STATISTICS_DTYPES:
+                self._buffers[name] = value.to(device=moved.device)
+            if value.is_meta and not moved.is_meta:
+                self._missing = OFF_META
         return self
 
     def _check_buffers(self) -> str | None:
         """What is wrong with the buffers' values (read on the host: only where they are set)."""
         if self.mean.is_meta or self.variance.is_meta:
             return None
-        if self._unset():
+        if bool(self.mean.isnan().all() & self.variance.isnan().all()):
             return (
                 "the loaded statistics are all NaN (a checkpoint saved before adapt): call "
                 "adapt(data) or load adapted statistics"
@@ -210,11 +213,7 @@ class Normalization(nn.Module):
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:
         call = "Normalization.forward(x)"
         if self._missing is not None:  # a Python value: no device sync, nothing to trace
-            # unless the buffers were written another way since (in place, as an EMA copy's
-            # are, or swapped by torch.func.functional_call): then their values are read here
-            found = self._check_buffers()
-            if found is not None:
-                raise RevINError(f"{call}: {self._missing if self._unset() else found}")
+            raise RevINError(f"{call}: {self._missing}")
         try:
             _args.flag("return_statistics", return_statistics)
             layout = parse(self.pattern, _check_tensor("x", x).ndim)
@@ -236,6 +235,9 @@ class Normalization(nn.Module):
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
+        for name in ("mean", "variance"):  # assign=True installs the checkpoint's own tensors
+            if getattr(self, name).dtype not in STATISTICS_DTYPES:
+                self._buffers[name] = getattr(self, name).float()
         self._missing = self._check_buffers()  # checked here, never in forward
 
     def extra_repr(self) -> str:

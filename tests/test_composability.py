@@ -78,6 +78,19 @@ def test_compile_fullgraph_dynamic_is_one_graph_for_any_batch() -> None:
     assert counter.frame_count == 1
 
 
+def test_compile_dynamic_variate_slices_are_one_graph_for_any_variate_count() -> None:
+    def forecast_two(x: torch.Tensor) -> torch.Tensor:
+        y, reverse_fn = revin(x)
+        return reverse_fn(y[:, 1:3], variates=slice(1, 3))
+
+    counter = CompileCounter()
+    compiled = torch.compile(forecast_two, backend=counter, fullgraph=True, dynamic=True)
+    for variates in (4, 5, 6, 9):
+        x = torch.randn(2, variates, 24) * 4 + 10
+        torch.testing.assert_close(compiled(x), x[:, 1:3], atol=1e-4, rtol=1e-5)
+    assert counter.frame_count == 1
+
+
 @pytest.mark.slow
 def test_compile_with_inductor_matches_eager() -> None:
     compiled = torch.compile(forecast, fullgraph=True)

@@ -469,21 +469,56 @@ def test_normalization_forward_checks_the_variate_count():
 
 def test_normalization_statistics_stay_out_of_half_precision():
     """``model.half()`` would overflow a variance of 400**2 in float16 (the output became 0) and
-    round a mean of 1000.3 to 1000 in bfloat16; the statistics stay float32 instead."""
+    round a mean of 1000.3 to 1000 in bfloat16; the statistics keep their dtype instead."""
     norm = Normalization(2, pattern="b t v", mean=[1000.3, 5.0], variance=[400.0**2, 1.0])
     x = torch.tensor([[[600.3, 4.0], [1400.3, 6.0]]])
     expected = torch.tensor([[[-1.0, -1.0], [1.0, 1.0]]])
-    for cast in (torch.nn.Module.half, torch.nn.Module.bfloat16, lambda m: m.to(torch.float16)):
+    casts = (torch.nn.Module.half, torch.nn.Module.bfloat16, lambda m: m.to(torch.float16),
+             lambda m: m.to(torch.float8_e4m3fn))  # fmt: skip
+    for cast in casts:
         copy = cast(Normalization(2, pattern="b t v", mean=norm.mean, variance=norm.variance))
-        assert copy.mean.dtype == copy.variance.dtype == torch.float32
-        torch.testing.assert_close(copy.mean, norm.mean.float())  # from the float64 values
+        assert torch.equal(copy.mean, norm.mean) and torch.equal(copy.variance, norm.variance)
         y, reverse_fn = copy(x.to(torch.float16))
         assert y.dtype == torch.float16
         torch.testing.assert_close(y.float(), expected, rtol=0.0, atol=2e-3)  # x rounded to fp16
         torch.testing.assert_close(reverse_fn(y).float(), x, rtol=1e-3, atol=0.0)
     assert norm.double().mean.dtype == torch.float64 and norm.float().mean.dtype == torch.float32
-    with pytest.raises(RevINError, match=r"dtype=torch.float16 cannot hold the statistics"):
-        Normalization(2, dtype=torch.float16)
+    for dtype in (torch.float16, torch.float8_e4m3fn):
+        with pytest.raises(RevINError, match=rf"dtype={dtype} cannot hold the statistics"):
+            Normalization(2, dtype=dtype)
+    for cast, finite in ((torch.Tensor.bfloat16, True), (torch.Tensor.half, False)):
+        checkpoint = {name: cast(value) for name, value in norm.state_dict().items()}
+        loaded = Normalization(2, pattern="b t v")
+        loaded.load_state_dict(checkpoint, assign=True)  # its own tensors, made float32
+        assert loaded.mean.dtype == loaded.variance.dtype == torch.float32
+        if finite:
+            torch.testing.assert_close(loaded(x)[0], expected, rtol=0.0, atol=2e-3)
+        else:  # 400**2 was inf in the float16 checkpoint itself
+            with pytest.raises(RevINError, match=r"statistics hold NaN or inf \(variance in var"):
+                loaded(x)
+
+
+def test_normalization_statistics_written_outside_its_three_setters_do_not_count():
+    """In-place writes (an EMA copy made before adapt) are not seen: the module keeps saying it
+    has no statistics, with the way out; functional_call works on a module that has them."""
+    data = torch.randn(64, 3, 16) * 4 + 20
+    model = Normalization(3)
+    ema = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
+    model.adapt(data)
+    ema.update_parameters(model)
+    x = torch.randn(2, 3, 16) * 4 + 20
+    with pytest.raises(RevINError, match=r"no statistics yet: .* AveragedModel\(use_buffers=True"):
+        ema.module(x)
+    ema.module.load_state_dict(ema.module.state_dict())  # the buffers through load_state_dict
+    torch.testing.assert_close(ema.module(x)[0], model(x)[0])
+    other = Normalization(3).adapt(data * 2)
+    stats = {"mean": other.mean, "variance": other.variance}
+    torch.testing.assert_close(torch.func.functional_call(model, stats, (x,))[0], other(x)[0])
+    with pytest.raises(RevINError, match=r"^Normalization.forward\(x\): no statistics yet"):
+        torch.func.functional_call(Normalization(3), stats, (x,))
+    meta = Normalization(3, mean=[1.0, 2.0, 3.0], variance=1.0, device="meta")
+    with pytest.raises(RevINError, match=r"set on the meta device, so they hold no values"):
+        meta.to_empty(device="cpu")(x)  # uninitialised memory, not statistics
 
 
 def test_normalization_flags_must_be_bools():
@@ -492,27 +527,6 @@ def test_normalization_flags_must_be_bools():
     norm = Normalization(2, mean=0.0, variance=1.0)
     with pytest.raises(RevINTypeError, match=r"^Normalization.forward\(x\): return_statistics mus"):
         norm(torch.randn(3, 2, 4), return_statistics="no")
-
-
-def test_normalization_buffers_written_another_way_are_read_and_checked():
-    """An EMA copy made before adapt gets its buffers in place; functional_call swaps them in."""
-    data = torch.randn(64, 3, 16) * 4 + 20
-    model = Normalization(3)
-    ema = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
-    model.adapt(data)
-    ema.update_parameters(model)
-    x = torch.randn(2, 3, 16) * 4 + 20
-    torch.testing.assert_close(ema.module(x)[0], model(x)[0])
-    stats = {"mean": model.mean, "variance": model.variance}
-    fresh = Normalization(3)
-    y, _ = torch.func.functional_call(fresh, stats, (x,))
-    torch.testing.assert_close(y, model(x)[0])
-    with pytest.raises(RevINError, match=r"^Normalization.forward\(x\): no statistics yet"):
-        fresh(x)  # its own buffers are still unset
-    with torch.no_grad():
-        fresh.variance.copy_(model.variance)  # in place, half of them
-    with pytest.raises(RevINError, match=r"forward\(x\): the loaded statistics hold NaN or inf"):
-        fresh(x)
 
 
 def test_normalization_with_given_statistics_on_the_meta_device():

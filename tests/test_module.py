@@ -211,7 +211,10 @@ def test_short_time_axis_warns_only_when_the_variate_axis_is_unchecked():
         RevIN(affine=False)(torch.randn(32, 96, 7))
     with pytest.warns(UserWarning) as direct:
         RevIN(affine=False).forward(torch.randn(32, 96, 7))
-    assert {w.filename for w in [*got, *direct]} == {__file__}  # the user's line, not torch's
+    with pytest.warns(UserWarning) as nested:
+        torch.nn.Sequential(RevIN(affine=False))(torch.randn(32, 96, 7))
+    files = {w.filename for w in [*got, *direct, *nested]}
+    assert files == {__file__}  # the user's line, not torch's
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         RevIN(affine=False)(torch.randn(32, 7, 96))
@@ -289,5 +292,9 @@ def test_itransformer_checkpoint_without_affine_loads_and_learned_values_are_ref
     with pytest.raises(RevINError, match=r"gamma holds learned values, but this RevIN has aff"):
         anywidth.load_state_dict(learned)
     # identity values of another model's width are refused too, not dropped
-    with pytest.raises(RevINError, match=r"gamma has shape \(5, 1\), expected \(4,\) or \(4, 1\)"):
+    with pytest.raises(RevINError, match=r"gamma has shape \(5, 1\), expected 4 values: the chec"):
         RevIN(4, affine=False).load_state_dict(frozen)
+    for shape in ((1, 5, 1), (1, 1, 5), (5,)):  # other codebases' shapes of the same values
+        identity = {"gamma": torch.ones(shape), "beta": torch.zeros(shape)}
+        assert RevIN(5, affine=False).load_state_dict(identity).missing_keys == []
+        assert anywidth.load_state_dict(identity).missing_keys == []
