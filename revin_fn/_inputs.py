@@ -25,8 +25,9 @@ _OWN_FILES = (
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning issued by the caller point at the user's line
-    (the first frame outside revin_fn and ``nn.Module.__call__``), however it was reached:
-    ``module(x)``, ``module.forward(x)`` or a revin_fn function. Eager only (not traced)."""
+    (the first frame outside revin_fn and torch.nn's modules), however it was reached:
+    ``module(x)``, ``nn.Sequential(module)(x)``, ``module.forward(x)`` or a revin_fn function.
+    Eager only (not traced)."""
     frame, level = sys._getframe(1), 1
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_OWN_FILES):
         frame, level = frame.f_back, level + 1

@@ -20,7 +20,10 @@ NO_STATISTICS = (
     "written in place, as an AveragedModel(use_buffers=True) copy's are, do not count)"
 )
 STATISTICS_DTYPES = (torch.float32, torch.float64)  # narrower ones overflow or round them
-OFF_META = "the statistics were set on the meta device, so they hold no values: call adapt(data)"
+OFF_META = (
+    "the statistics were set on the meta device, so they hold no values: call adapt(data) or "
+    "load_state_dict"
+)
 
 
 class Normalization(nn.Module):
@@ -146,7 +149,7 @@ class Normalization(nn.Module):
         """``.to()``, ``.half()``, ``.cuda()``, ``.to_empty()``...: the statistics move to the new
         device but keep their dtype under a cast to a narrower one than float32 (float16
         overflows at a variance of 400**2, bfloat16 rounds a mean of 1000.3 to 1000); moved off
-        the meta device they hold no values, so forward raises until ``adapt``."""
+        the meta device they hold no values, so forward raises until ``adapt`` or a load."""
         before = {name: getattr(self, name) for name in ("mean", "variance")}
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         for name, value in before.items():
