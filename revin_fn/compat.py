@@ -63,7 +63,8 @@ class RevIN(nn.Module):
         eps: added to the variance (and floor of ``|affine_weight|``). Default: ``1e-5``.
         affine: learn ``affine_weight`` (ones) and ``affine_bias`` (zeros). Default: ``True``.
         subtract_last: center on the last step instead of the mean. Default: ``False``.
-        non_norm: identity in both modes (ablation switch). Default: ``False``.
+        non_norm: identity in both modes, returning a copy of ``x`` (ablation switch). Default:
+            ``False``.
 
     Examples::
 
