@@ -35,7 +35,7 @@ class Options(NamedTuple):
 def check_options(options: Options) -> None:
     """Raise ``ValueError``/``TypeError`` with a short fact for an option no route can take."""
     eps = options.eps
-    if isinstance(eps, bool) or not isinstance(eps, int | float | numbers.Real):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):  # int, float, numpy reals
         raise TypeError(f"eps must be a float, got {type(eps).__name__} {eps!r}")
     if not MIN_EPS <= eps < float("inf"):
         raise ValueError(
