@@ -262,7 +262,9 @@ def reverse(
     dtype (float16 data gives float32 here where ``reverse_fn`` gives float16).
 
     ``pattern``, ``eps`` and ``eps_mode`` must be those of the ``revin`` call that produced
-    ``stats``; the other arguments are those of ``ReverseFn.__call__``.
+    ``stats``; the other arguments are those of ``ReverseFn.__call__``. The statistics'
+    values are not read (no host synchronization), so a variance edited to below 0 is taken
+    as 0 by ``"clamp"`` and ``"add_std"``, and below ``-eps`` makes the scale NaN with ``"add"``.
     """
     call = "reverse(y_hat, stats)"
     try:

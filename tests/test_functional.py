@@ -207,6 +207,17 @@ def test_reverse_from_saved_statistics_matches_the_closure(tmp_path):
     torch.testing.assert_close(part, reverse_fn(y_hat)[..., 1:2])
 
 
+@pytest.mark.parametrize("eps_mode", ["clamp", "add", "add_std"])
+def test_reverse_takes_an_edited_negative_variance_as_its_docstring_says(eps_mode):
+    y, _, stats = revin(torch.randn(4, 3, 16), eps_mode=eps_mode, return_statistics=True)
+    out = reverse(y, stats._replace(variance=-stats.variance - 1), eps_mode=eps_mode)
+    if eps_mode == "add":  # below -eps: no real scale
+        assert out.isnan().all()
+    else:  # as a variance of 0
+        zero = stats._replace(variance=torch.zeros_like(stats.variance))
+        assert torch.equal(out, reverse(y, zero, eps_mode=eps_mode))
+
+
 def test_statistics_survive_a_buffer_round_trip():
     buffer = io.BytesIO()
     _, _, stats = revin(torch.randn(2, 3, 10), return_statistics=True)
