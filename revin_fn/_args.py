@@ -52,7 +52,10 @@ def number(name: str, value: object) -> float:
     """``value`` as a ``float``: Python and numpy reals, no bools (the range is checked later)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive number, got {value!r} ({type(value).__name__})")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past the float range
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
 
 
 def layout(pattern: object) -> Layout:

@@ -34,13 +34,16 @@ def user_stacklevel() -> int:
     return level
 
 
-def _affine_vector(name: str, value: Tensor | None, x: Tensor, layout: Layout) -> Tensor | None:
-    """``value`` of shape (V,) or (V, 1) as a (V,) vector in the statistics dtype."""
+def _affine_vector(
+    name: str, value: Tensor | None, x: Tensor, layout: Layout, x_name: str = "x"
+) -> Tensor | None:
+    """``value`` of shape (V,) or (V, 1) as a (V,) vector in the statistics dtype, for the
+    tensor ``x`` (called ``x_name`` in messages)."""
     if value is None:
         return None
     _check_tensor(name, value)
     if value.device != x.device:
-        raise ValueError(f"{name} is on {value.device}, expected {x.device} like x")
+        raise ValueError(f"{name} is on {value.device}, expected {x.device} like {x_name}")
     if layout.variate is None:
         raise ValueError(
             f'{name} needs a variate axis "v" in the pattern, got pattern "{layout.pattern}"'
@@ -49,7 +52,7 @@ def _affine_vector(name: str, value: Tensor | None, x: Tensor, layout: Layout) -
     if value.shape != (size,) and value.shape != (size, 1):
         raise ValueError(
             f"{name} has shape {tuple(value.shape)}, expected ({size},) or ({size}, 1) "
-            f'for x of shape {tuple(x.shape)} with pattern "{layout.pattern}"'
+            f'for {x_name} of shape {tuple(x.shape)} with pattern "{layout.pattern}"'
         )
     vector = value if value.ndim == 1 else value.reshape(size)
     sdtype = stats_dtype(x.dtype)

@@ -17,6 +17,7 @@ IQR_PER_STD = 1.349  # interquartile range of the standard normal distribution
 EMPTY_VARIANCE = 1.0  # variance given to an instance with no observed step (unit scale)
 # eps must be a normal float32 number: below it the eps floor is lost to rounding in float32
 MIN_EPS = float(torch.finfo(torch.float32).tiny)
+MAX_EPS = float(torch.finfo(torch.float64).max)
 # the dtypes of data, outputs and affine weights (statistics: float32, or float64 for float64)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -37,7 +38,7 @@ def check_options(options: Options) -> None:
     eps = options.eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):  # int, float, numpy reals
         raise TypeError(f"eps must be a float, got {type(eps).__name__} {eps!r}")
-    if not MIN_EPS <= eps < float("inf"):
+    if not MIN_EPS <= eps <= MAX_EPS:  # an int past the float range too
         raise ValueError(
             f"eps must be a finite number >= {MIN_EPS:.3g} (the smallest normal float32), "
             f"got {eps!r}"

@@ -40,8 +40,9 @@ def _check_tensor(name: str, value: object) -> Tensor:
         _quiet_trace()  # every call checks its first tensor here, before any shape check
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.layout != torch.strided:
-        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {value.layout}")
+    if value.layout != torch.strided or value.is_nested:  # nested tensors say strided too
+        got = "a nested tensor" if value.is_nested else f"layout {value.layout}"
+        raise ValueError(f"{name} must be a dense (strided) tensor, got {got}")
     if value.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
             f"{name} must be a floating-point tensor, got dtype {value.dtype} (supported: "
@@ -115,7 +116,8 @@ class ReverseFn:
                 returns ``y_hat * scale / |gamma'|``. Default: ``True``.
             stepwise: causal statistics only: ``True`` undoes step t with the statistics of
                 step t, ``False`` uses the last step's for every step. Default: ``True``
-                exactly when ``y_hat`` has the input's length.
+                exactly when ``y_hat`` has the input's length. Without causal statistics
+                every step has the same ones, so it changes nothing.
         """
         try:
             _check_tensor("y_hat", y_hat)

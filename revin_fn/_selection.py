@@ -21,6 +21,9 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
     """Turn a ``variates=`` selection into something that indexes an axis of length ``size``,
     for an output holding ``count`` variates. Reads no tensor value on the host."""
     if isinstance(variates, slice):
+        fields = (variates.start, variates.stop, variates.step)
+        if any(f is not None and (_is_bool(f) or not hasattr(f, "__index__")) for f in fields):
+            raise TypeError(f"variates={variates!r}: a slice needs int (or None) bounds and step")
         if variates.step is not None and operator.index(variates.step) <= 0:
             raise ValueError(f"variates={variates!r}: the step must be positive")
         # clipped to nothing, for an output that has some; not while compiling (the check would
@@ -46,13 +49,13 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
             raise ValueError(f"variates={variates} is out of range for {size} variates")
         return slice(variates % size, variates % size + 1)
     items = list(variates)
-    if items and all(isinstance(item, bool) for item in items):
+    if items and all(_is_bool(item) for item in items):
         if len(items) != size:
             raise ValueError(f"a bool variates mask needs {size} entries, got {len(items)}")
         items = [i for i, keep in enumerate(items) if keep]
     picked = []
     for item in items:
-        if isinstance(item, bool) or not hasattr(item, "__index__"):
+        if _is_bool(item) or not hasattr(item, "__index__"):
             raise TypeError(
                 f"variates must hold ints (or only bools), got {type(item).__name__} {item!r} "
                 f"in {variates!r}"
@@ -62,6 +65,15 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
             raise ValueError(f"variates={variates!r} is out of range for {size} variates")
         picked.append(index % size)
     return torch.tensor(picked, dtype=torch.long)
+
+
+def _is_bool(item: object) -> bool:
+    """Whether a ``variates=`` entry is a bool: Python's, numpy's, or a 0-d bool tensor (the
+    items of ``list(mask)``), never to be read as the index 0 or 1."""
+    if isinstance(item, Tensor):
+        return item.dtype == torch.bool and item.ndim == 0
+    numpy_bool = getattr(getattr(item, "dtype", None), "kind", "") == "b"
+    return isinstance(item, bool) or (type(item).__module__ == "numpy" and numpy_bool)
 
 
 def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:

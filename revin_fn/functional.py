@@ -226,7 +226,10 @@ def frame_from_statistics(
     _check_tensor("stats.mean", mean)
     _check_tensor("stats.variance", variance)
     check_options(Options(eps, eps_mode))
-    layout = parse(pattern, mean.ndim)
+    try:
+        layout = parse(pattern, mean.ndim)
+    except ValueError as error:
+        raise ValueError(f"stats.mean has shape {tuple(mean.shape)}: {error}") from None
     dtype = mean.dtype if dtype is None else dtype
     if variance.shape != mean.shape:
         raise ValueError(
@@ -235,8 +238,8 @@ def frame_from_statistics(
         )
     gamma_view, beta_view = _reference.affine_views(
         layout,
-        _affine_vector("stats.gamma", gamma, mean, layout),
-        _affine_vector("stats.beta", beta, mean, layout),
+        _affine_vector("stats.gamma", gamma, mean, layout, "stats.mean"),
+        _affine_vector("stats.beta", beta, mean, layout, "stats.mean"),
         eps,
     )
     scale = _reference.scale_from_variance(variance, eps, eps_mode)

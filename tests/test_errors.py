@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,7 @@ X = torch.randn(4, 7, 32)
         ({"eps": -1e-5}, r"eps must be a finite number >= 1.18e-38"),
         ({"eps": 1e-40}, r"eps must be .* \(the smallest normal float32\)"),
         ({"eps": float("inf")}, r"eps must be a finite number"),
+        ({"eps": 10**400}, r"eps must be a finite number >= 1.18e-38 .*, got 1000"),
         ({"causal": True, "method": "robust"}, r"causal=True supports method in"),
         ({"causal": True, "subtract_last": True}, r"choose one"),
         ({"mask": "zero"}, r'mask must be a bool tensor or the string "nan", got \'zero\''),
@@ -127,6 +129,9 @@ def test_reverse_fn_checks_what_it_is_given(y_hat, message):
         (torch.tensor([True] * 2 + [False] * 5), r"must hold 1 True entry \(one per output va"),
         (slice(9, 10), r"variates=slice\(9, 10, None\) selects none of 7 variates"),
         (slice(None, None, -1), r"variates=slice\(None, None, -1\): the step must be positive"),
+        (slice(0, 3, 1.5), r"variates=slice\(0, 3, 1.5\): a slice needs int \(or None\) bounds"),
+        (slice(True, 3), r"variates=slice\(True, 3, None\): a slice needs int"),
+        ([0, torch.tensor(True)], r"variates must hold ints \(or only bools\), got Tensor"),
         ([0.5], r"variates must hold ints \(or only bools\), got float 0.5 in \[0.5\]"),
         ([None], r"variates must hold ints \(or only bools\), got NoneType None"),
         ({0}, r"variates must be an int, a sequence of ints, a slice or a bool mask, got set"),
@@ -151,6 +156,16 @@ def test_a_bool_variates_mask_with_the_wrong_count_names_the_call_made():
     ):
         with pytest.raises(RevINError, match=message + r".* 3 True entries .*, it holds 2$"):
             call()
+
+
+def test_the_items_of_a_bool_mask_are_bools_not_the_indices_0_and_1():
+    y, reverse_fn = revin(X)
+    mask = [False, True, True, False, False, False, True]
+    want = reverse_fn(y)[:, [1, 2, 6]]
+    for items in (torch.tensor(mask), np.array(mask)):
+        torch.testing.assert_close(reverse_fn(y[:, [1, 2, 6]], variates=list(items)), want)
+    with pytest.raises(RevINError, match=r"a bool variates mask needs 7 entries, got 3"):
+        reverse_fn(y[:, :2], variates=list(torch.tensor(mask[:3])))
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8])
@@ -223,8 +238,15 @@ def test_reverse_checks_the_statistics():
         reverse(torch.zeros(9, 9), stats)  # the closure's checks, under this call's name
     with pytest.raises(RevINError, match=r"reverse\(y_hat, stats\): stats.variance has shape"):
         reverse(torch.zeros(4, 7, 3), Statistics(stats.mean, stats.variance[:2], None, None))
-    with pytest.raises(RevINError, match=r"stats.gamma has shape \(3,\), expected \(7,\)"):
+    with pytest.raises(
+        RevINError, match=r"stats.gamma has shape \(3,\), expected \(7,\) .* for stats.mean of sh"
+    ):
         reverse(torch.zeros(4, 7, 3), Statistics(stats.mean, stats.variance, torch.ones(3), None))
+    flat = Statistics(stats.mean.flatten(), stats.variance.flatten(), None, None)
+    with pytest.raises(
+        RevINError, match=r"^reverse\(y_hat, stats\): stats.mean has shape \(28,\): "
+    ):
+        reverse(torch.zeros(4, 7, 3), flat)
     with pytest.raises(RevINError, match=r"eps_mode must be one of"):
         reverse(torch.zeros(4, 7, 3), stats, eps_mode="max")
 

@@ -97,6 +97,8 @@ def test_zero_variates_give_empty_results():
          r"x must be a floating-point tensor, got dtype torch.complex64 \(supported"),
         (torch.randn(2, 3, 10).to_sparse(), RevINError,
          r"x must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
+        (torch.nested.nested_tensor([torch.randn(3, 10), torch.randn(3, 7)]), RevINError,
+         r"x must be a dense \(strided\) tensor, got a nested tensor"),
     ],
 )  # fmt: skip
 def test_unsupported_inputs_are_refused_in_the_forward(x, error, message):

@@ -240,6 +240,8 @@ def test_numpy_integers_are_sizes(size):
         ({"num_variates": 7, "eps": None}, RevINTypeError,
          r"^RevIN\(num_variates=7\): eps must be a positive number, got None"),
         ({"num_variates": 7, "eps": True}, RevINTypeError, r"eps must be a positive number"),
+        ({"num_variates": 7, "eps": 10**400}, RevINError,
+         r"^RevIN\(num_variates=7\): eps must be a finite number, got 1000"),
         ({"num_variates": 7, "pattern": None}, RevINTypeError,
          r'^RevIN\(num_variates=7\): pattern must be a string such as "b v t", got None'),
         ({"num_variates": 7, "pattern": "b t"}, RevINError,
