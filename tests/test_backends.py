@@ -587,6 +587,45 @@ def test_double_backward_equals_reference(backend, route, pattern, sizes, offset
         assert error <= 4 * ref_error + 1e-6, f"{key}: {error:.2e} against {ref_error:.2e}"
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize(("route", "pattern", "sizes", "offset", "spread"), ROUTES, ids=ROUTE_IDS)
+def test_batched_gradients_are_as_exact_as_one_at_a_time(
+    backend, route, pattern, sizes, offset, spread
+):
+    """``autograd.grad(is_grads_batched=True)`` (what ``jacobian(vectorize=True)`` runs) on every
+    route: the float64 reference's vector-Jacobian products, as closely as one backward per
+    vector gets them."""
+    # gamma away from 0: through gamma' = eps the gradients are float32 rounding times 1 / eps
+    x, gamma, beta = make_input(pattern, sizes, offset, spread, guarded=False)
+
+    def vjps(name: str, dtype: torch.dtype, batched: bool) -> list[torch.Tensor]:
+        leaves = [t.to(dtype).requires_grad_() for t in (x, gamma, beta)]
+        with backends.use(name), backends.record() as calls:
+            y, reverse_fn, stats = revin(*leaves, pattern=pattern, return_statistics=True)
+            outputs = (reverse_fn(y.sin()), stats.mean, stats.variance)
+        if name == backend:
+            assert calls[0] == (backend, expected_route(route, "clamp", False))
+        vectors = [v.to(dtype) for v in vectors32]
+        if batched:
+            return list(torch.autograd.grad(outputs, leaves, vectors, is_grads_batched=True))
+        each = [torch.autograd.grad(outputs, leaves, [v[k] for v in vectors], retain_graph=True)
+                for k in range(2)]  # fmt: skip
+        return [torch.stack(grads) for grads in zip(*each, strict=True)]
+
+    generator = torch.Generator().manual_seed(1)
+    stats_shape = list(x.shape)
+    stats_shape[pattern.split().index("t")] = 1  # the mean's and the variance's
+    vectors32 = [torch.randn(2, *shape, generator=generator)
+                 for shape in (x.shape, stats_shape, stats_shape)]  # fmt: skip
+    truth = vjps("reference", torch.float64, False)
+    single, batched = vjps(backend, torch.float32, False), vjps(backend, torch.float32, True)
+    for exact, one, many in zip(truth, single, batched, strict=True):
+        size = exact.abs().max().clamp(min=1)
+        error = ((many - exact).abs().max() / size).item()
+        one_error = ((one - exact).abs().max() / size).item()
+        assert error <= 4 * one_error + 1e-6 * max(1.0, offset / 1e3), (error, one_error)
+
+
 def saved_bytes(run_once: Callable[[], None]) -> int:
     """Bytes autograd saves for backward while ``run_once()`` runs, each storage once."""
     storages: dict[int, int] = {}

@@ -49,7 +49,7 @@ from ._checks import (
     check_code,
     steps,
 )
-from ._group_norm import needs_grad, vjp_by_ops
+from ._group_norm import backward_by_ops, needs_grad, vjp_by_ops
 from ._rows_redo import REDO_MIN, flagged_index, merge, redo_pays
 
 ROWS = Layout("v t", 2, ("v", "t"), 1, 0)  # gathered instances, one row each
@@ -211,7 +211,7 @@ class _ColumnNorm(torch.autograd.Function):
     def backward(
         ctx: Any, grad_y: Tensor | None, grad_mean: Tensor | None, grad_variance: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+        if backward_by_ops(grad_y, grad_mean, grad_variance):  # create_graph=True, or batched
             return _backward_by_ops(ctx, grad_y, grad_mean, grad_variance)
         source, gamma, mean, variance, scale, _ = ctx.saved_tensors
         time, options = ctx.time, ctx.options
@@ -264,12 +264,15 @@ def _backward_by_ops(
     ctx: Any, grad_y: Tensor | None, grad_mean: Tensor | None, grad_variance: Tensor | None
 ) -> tuple[Tensor | None, ...]:
     """The vector-Jacobian product of ``_forward_by_ops`` on the saved inputs, recorded so that
-    it can be differentiated again (double backward)."""
+    it can be differentiated again (double backward), or of batched gradients."""
     source, gamma, _, _, _, beta = ctx.saved_tensors
-    outputs = _forward_by_ops(source, gamma, beta, ctx.time, ctx.options)
+
+    def compute() -> tuple[Tensor, Tensor, Tensor]:
+        return _forward_by_ops(source, gamma, beta, ctx.time, ctx.options)
+
     grads = (grad_y, grad_mean, grad_variance)
     needs = ctx.needs_input_grad[:3]
-    return (*vjp_by_ops(outputs, grads, (source, gamma, beta), needs), None, None, None)
+    return (*vjp_by_ops(compute, grads, (source, gamma, beta), needs), None, None, None)
 
 
 def _forward_by_ops(

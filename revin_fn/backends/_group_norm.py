@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -14,23 +14,38 @@ def needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def backward_by_ops(*grads: Tensor | None) -> bool:
+    """Whether a fused backward gives way to the differentiable formula (``vjp_by_ops``): where
+    it is recorded (``create_graph=True``), or asked for batched gradients
+    (``autograd.grad(is_grads_batched=True)``, ``jacobian(vectorize=True)``), whose tensors the
+    fused backwards' in-place and ``out=`` operations cannot take. Metadata only."""
+    functorch = torch._C._functorch
+    return torch.is_grad_enabled() or any(
+        g is not None and (functorch.is_legacy_batchedtensor(g) or functorch.is_batchedtensor(g))
+        for g in grads
+    )
+
+
 def vjp_by_ops(
-    outputs: Sequence[Tensor],
+    compute: Callable[[], Sequence[Tensor]],
     grads: Sequence[Tensor | None],
     inputs: Sequence[Tensor | None],
     needs: Sequence[bool],
 ) -> list[Tensor | None]:
-    """The vector-Jacobian product of ``outputs`` (computed from ``inputs`` in differentiable
-    ops) with ``grads``, recorded so that it can be differentiated again (double backward);
+    """The vector-Jacobian product with ``grads`` of the outputs ``compute`` returns (from
+    ``inputs``, in differentiable ops), recorded where the backward is (double backward);
     ``None`` for the inputs that need no gradient."""
-    wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
-    pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
-    found = iter(
-        torch.autograd.grad(
-            [o for o, _ in pairs], wanted, [g for _, g in pairs],  # type: ignore[arg-type]
-            create_graph=True, allow_unused=True, materialize_grads=True,
-        )
-    )  # fmt: skip
+    record = torch.is_grad_enabled()
+    with torch.enable_grad():  # a batched backward runs without grad mode
+        outputs = compute()
+        wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
+        pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+        found = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs],  # type: ignore[arg-type]
+                create_graph=record, allow_unused=True, materialize_grads=True,
+            )
+        )  # fmt: skip
     return [next(found) if need else None for need in needs]
 
 

@@ -53,7 +53,7 @@ from ._checks import (
     check_code,
     steps,
 )
-from ._group_norm import Grid, group_norm, needs_grad, vjp_by_ops
+from ._group_norm import Grid, backward_by_ops, group_norm, needs_grad, vjp_by_ops
 from ._rows_backward import KERNEL_SUM_MAX, backward
 from ._rows_redo import REDO_MIN, redo, redo_pays
 
@@ -293,9 +293,12 @@ class _Rows(torch.autograd.Function):
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         x, gamma, beta, *saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
-            outputs = _by_ops(x, gamma, beta, ctx.grid, ctx.options)
-            return (*vjp_by_ops(outputs, grads[:5], (x, gamma, beta), needs), None, None)
+        if backward_by_ops(*grads):  # create_graph=True, or batched gradients
+
+            def compute() -> tuple[Tensor, ...]:
+                return _by_ops(x, gamma, beta, ctx.grid, ctx.options)
+
+            return (*vjp_by_ops(compute, grads[:5], (x, gamma, beta), needs), None, None)
         rows = Rows(*saved)
         gradients = backward(x, gamma, beta, rows, ctx.grid, ctx.options, ctx.code, grads, needs)
         return (*gradients, None, None)
