@@ -112,7 +112,8 @@ def _warn_if_swapped(x: Tensor, layout: Layout) -> None:
     read as ``(B, V, T)``); not while compiling (a Python shape check, no tensor read)."""
     assert layout.variate is not None  # the default pattern has one
     steps, variates = x.shape[layout.time], x.shape[layout.variate]
-    if steps < variates and not torch.compiler.is_compiling():
+    # is_compiling first: the size comparison would become a guard on the time length
+    if not torch.compiler.is_compiling() and steps < variates:
         warnings.warn(
             f'revin(x, gamma, beta): x of shape {tuple(x.shape)} under the default pattern "b v t" '
             f'has {steps} steps on the time axis "t" and {variates} variates on "v": a batch laid '

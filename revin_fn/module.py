@@ -170,7 +170,8 @@ class RevIN(nn.Module):
                 f'{call}: x has {variates} variates on axis "v" (shape {tuple(x.shape)}, '
                 f'pattern "{self.pattern}"), expected num_variates={self.num_variates}'
             )
-        if self.num_variates is None and steps < variates and not torch.compiler.is_compiling():
+        # is_compiling first: the size comparison would become a guard on the time length
+        if not torch.compiler.is_compiling() and self.num_variates is None and steps < variates:
             warnings.warn(
                 f'{call}: x of shape {tuple(x.shape)} has {steps} steps on the time axis "t" '
                 f'and {variates} variates on "v" (pattern "{self.pattern}"): fewer steps than '

@@ -91,6 +91,43 @@ def test_compile_dynamic_variate_slices_are_one_graph_for_any_variate_count() ->
     assert counter.frame_count == 1
 
 
+def test_compile_dynamic_is_one_graph_for_any_length_even_below_the_variate_count() -> None:
+    """The default pattern's and the module's swapped-axes warnings compare the time length
+    with the variate count: while compiling that comparison must not become a guard."""
+    module = RevIN(affine=False, pattern="b v t")  # no num_variates: the module warns too
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        return forecast(x, None, None)
+
+    def layer(x: torch.Tensor) -> torch.Tensor:
+        y, reverse_fn = module(x)
+        return reverse_fn(y * 0.5)
+
+    for function in (plain, layer):
+        counter = CompileCounter()
+        compiled = torch.compile(function, backend=counter, fullgraph=True, dynamic=True)
+        for length in (24, 48, 2, 5):
+            x = torch.randn(2, 7, length) * 4 + 10
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # eager warns below 7 steps
+                want = function(x)
+            torch.testing.assert_close(compiled(x), want, atol=1e-4, rtol=1e-5)
+        assert counter.frame_count == 1, function.__name__
+
+
+def test_export_with_a_dynamic_length() -> None:
+    class Model(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return forecast(x, None, None)
+
+    length = torch.export.Dim("length", min=2, max=10_000)
+    program = torch.export.export(Model(), (X,), dynamic_shapes={"x": {2: length}})
+    for size in (2, 50, 5000):
+        x = torch.randn(8, 3, size) * 1e-3 + 5  # quiet data: the eps floor applies
+        torch.testing.assert_close(program.module()(x), forecast(x, None, None), atol=1e-4,
+                                   rtol=1e-5)  # fmt: skip
+
+
 @pytest.mark.slow
 def test_compile_with_inductor_matches_eager() -> None:
     compiled = torch.compile(forecast, fullgraph=True)
