@@ -10,6 +10,7 @@ import numbers
 import operator
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from ._patterns import Layout, parse
 
@@ -66,3 +67,9 @@ def layout(pattern: object) -> Layout:
         )
     explicit = [name for name in pattern.replace("…", " ... ").split() if name != "..."]
     return parse(pattern, len(explicit))
+
+
+def holds_values(*tensors: torch.Tensor) -> bool:
+    """Whether the values of ``tensors`` can be read to check them: not on the meta device and
+    not fake (``FakeTensorMode``, where a model is built for its shapes only)."""
+    return not any(t.is_meta or is_fake(t) for t in tensors)

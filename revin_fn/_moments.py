@@ -187,6 +187,9 @@ def layout_for(pattern: str, x: object, index: int) -> tuple[Tensor, Layout]:
         raise TypeError(f"batch {index} is a {type(x).__name__}, expected a tensor or (x, ...)")
     if not x.is_floating_point():
         raise TypeError(f"batch {index} has dtype {x.dtype}, expected a floating-point tensor")
+    if not _args.holds_values(x):
+        where = "on the meta device" if x.is_meta else "a fake tensor (FakeTensorMode)"
+        raise ValueError(f"batch {index} is {where}: it holds no values to learn from")
     return x, parse(pattern, x.ndim)
 
 

@@ -248,7 +248,7 @@ class RevIN(nn.Module):
                         f"{self.num_variates} values: the checkpoint is of a model with another "
                         "number of variates"
                     )
-                if not value.is_meta and not bool((value == identity).all()):
+                if _args.holds_values(value) and not bool((value == identity).all()):
                     raise RevINError(
                         f"RevIN(num_variates={self.num_variates!r}).load_state_dict(state_dict): "
                         f"{prefix}{name} holds learned values, but this RevIN has affine=False; "

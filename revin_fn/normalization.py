@@ -134,7 +134,7 @@ class Normalization(nn.Module):
                 )
             with torch.no_grad():
                 getattr(self, name).copy_(tensor.expand(self.num_variates))
-        if self.mean.is_meta or self.variance.is_meta:  # no values to check
+        if not _args.holds_values(self.mean, self.variance):  # meta or fake: nothing to check
             self._missing = None
             return
         if bool((self.variance < 0).any()):
@@ -162,7 +162,7 @@ class Normalization(nn.Module):
 
     def _check_buffers(self) -> str | None:
         """What is wrong with the buffers' values (read on the host: only where they are set)."""
-        if self.mean.is_meta or self.variance.is_meta:
+        if not _args.holds_values(self.mean, self.variance):
             return None
         if bool(self.mean.isnan().all() & self.variance.isnan().all()):
             return (

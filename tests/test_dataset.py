@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.data import DataLoader, TensorDataset
 
 import revin_fn
@@ -533,6 +534,22 @@ def test_normalization_with_given_statistics_on_the_meta_device():
     norm = Normalization(3, pattern="b t v", mean=[1.0, 2.0, 3.0], variance=1.0, device="meta")
     y, reverse_fn = norm(torch.empty(2, 8, 3, device="meta"))
     assert y.is_meta and y.shape == (2, 8, 3) and reverse_fn(y).shape == (2, 8, 3)
+
+
+def test_normalization_is_built_loaded_and_run_under_fake_tensor_mode():
+    """A model built under FakeTensorMode (for its shapes only): no value is read or checked."""
+    state = Normalization(3, pattern="b t v").adapt(torch.randn(50, 24, 3) * 3 + 5).state_dict()
+    with FakeTensorMode() as mode:
+        given = Normalization(3, pattern="b t v", mean=[1.0, 2.0, 3.0], variance=[1.0, 1.0, 1.0])
+        loaded = Normalization(3, pattern="b t v")
+        loaded.load_state_dict({key: mode.from_tensor(value) for key, value in state.items()})
+        for norm in (given, loaded):
+            y, reverse_fn = norm(torch.empty(4, 24, 3))
+            assert y.shape == reverse_fn(y).shape == (4, 24, 3)
+        with pytest.raises(RevINError, match=r"batch 0 is a fake tensor .*: it holds no values"):
+            Normalization(3, pattern="b t v").adapt(torch.empty(50, 24, 3))
+    with pytest.raises(RevINError, match=r"^adapt\(data\): batch 0 is on the meta device"):
+        adapt(torch.empty(50, 24, 3, device="meta"), pattern="b t v")
 
 
 def test_normalization_adapt_errors_name_the_method():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import assert_round_trip
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from revin_fn import RevIN, RevINError, RevINTypeError, Statistics, revin
 
@@ -300,3 +301,6 @@ def test_itransformer_checkpoint_without_affine_loads_and_learned_values_are_ref
         identity = {"gamma": torch.ones(shape), "beta": torch.zeros(shape)}
         assert RevIN(5, affine=False).load_state_dict(identity).missing_keys == []
         assert anywidth.load_state_dict(identity).missing_keys == []
+    with FakeTensorMode() as mode:  # a model built for its shapes: the values are not read
+        fake = {key: mode.from_tensor(value) for key, value in learned.items()}
+        assert RevIN(5, affine=False).load_state_dict(fake).missing_keys == []
