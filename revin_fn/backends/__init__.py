@@ -96,6 +96,8 @@ def use(name: str) -> Iterator[None]:
     """Force the backend ``name`` for every call inside the block (like ``sdpa_kernel``).
 
     A call the forced backend cannot take raises :class:`revin_fn.RevINError` listing why.
+    The choice is process-wide, not per thread: while a block is open, calls in other
+    threads use its backend too, so open blocks from one thread at a time.
     """
     if name not in _REGISTRY:
         from .. import RevINError

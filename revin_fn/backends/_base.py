@@ -25,7 +25,8 @@ _RECORDS: list[list[tuple[str, str]]] = []  # open record() blocks
 def record() -> Iterator[list[tuple[str, str]]]:
     """Collect ``(backend, route)`` for every computation inside the block, in order.
 
-    For tests and for inspecting which kernels a call ran; free when no block is open.
+    For tests and for inspecting which kernels a call ran; free when no block is open. A block
+    collects the calls of every thread (it is process-wide, as :func:`use` is).
     """
     calls: list[tuple[str, str]] = []
     _RECORDS.append(calls)
