@@ -217,6 +217,24 @@ def test_double_backward():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
 
 
+@pytest.mark.parametrize("pattern", list(LAYOUTS))
+def test_batched_gradients(pattern):
+    """``autograd.grad(is_grads_batched=True)``: the reference's vector-Jacobian products."""
+    x = torch.randn(*LAYOUTS[pattern], device=DEVICE) * 3 + 5
+    vectors = torch.randn(2, *x.shape, device=DEVICE)
+    results = []
+    for name in ("triton", "reference"):
+        leaf = x.clone().requires_grad_()
+        gamma, beta = _affine(3, clamped=False)
+        with backends.use(name):
+            y, reverse_fn = revin_fn.revin(leaf, gamma, beta, pattern=pattern)
+            out = reverse_fn(y.sin())
+        leaves = (leaf, gamma, beta)
+        results.append(torch.autograd.grad(out, leaves, vectors, is_grads_batched=True))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
+
+
 def test_selection():
     x = torch.randn(2, 3, 8, device=DEVICE)
     expected = "triton" if DEVICE == "cuda" else "native"  # native is the CPU backend
