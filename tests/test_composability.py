@@ -128,6 +128,22 @@ def test_export_with_a_dynamic_length() -> None:
                                    rtol=1e-5)  # fmt: skip
 
 
+@pytest.mark.parametrize(("shape", "pattern"), [((4, 3, 40), "b v t"), ((2, 1024, 40), "b t v")])
+def test_the_native_backward_traces_under_compiled_autograd(shape, pattern) -> None:
+    """An eager forward (native rows, native columns) whose backward compiled autograd traces
+    in one graph: the fused backward's choice of formula must not break it."""
+    x = (torch.randn(shape) * 2 + 1).requires_grad_()
+    with backends.record() as calls:
+        y, reverse_fn = revin(x, pattern=pattern)
+        loss = reverse_fn(y.sin()).square().sum()
+    assert calls[0][0] == "native"
+    (want,) = torch.autograd.grad(loss, x, retain_graph=True)
+    compiler = torch.compile(backend="eager", fullgraph=True)
+    with torch._dynamo.compiled_autograd._enable(compiler):
+        loss.backward()
+    torch.testing.assert_close(x.grad, want)
+
+
 @pytest.mark.slow
 def test_compile_with_inductor_matches_eager() -> None:
     compiled = torch.compile(forecast, fullgraph=True)

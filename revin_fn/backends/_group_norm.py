@@ -19,8 +19,12 @@ def backward_by_ops(*grads: Tensor | None) -> bool:
     it is recorded (``create_graph=True``), or asked for batched gradients
     (``autograd.grad(is_grads_batched=True)``, ``jacobian(vectorize=True)``), whose tensors the
     fused backwards' in-place and ``out=`` operations cannot take. Metadata only."""
+    if torch.is_grad_enabled():
+        return True
+    if torch.compiler.is_compiling():  # compiled autograd traces unbatched gradients
+        return False
     functorch = torch._C._functorch
-    return torch.is_grad_enabled() or any(
+    return any(
         g is not None and (functorch.is_legacy_batchedtensor(g) or functorch.is_batchedtensor(g))
         for g in grads
     )
