@@ -22,7 +22,7 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
     for an output holding ``count`` variates. Reads no tensor value on the host."""
     if isinstance(variates, slice):
         fields = (variates.start, variates.stop, variates.step)
-        if any(f is not None and (_is_bool(f) or not hasattr(f, "__index__")) for f in fields):
+        if any(f is not None and not _is_int(f) for f in fields):
             raise TypeError(f"variates={variates!r}: a slice needs int (or None) bounds and step")
         if variates.step is not None and operator.index(variates.step) <= 0:
             raise ValueError(f"variates={variates!r}: the step must be positive")
@@ -70,10 +70,21 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
 def _is_bool(item: object) -> bool:
     """Whether a ``variates=`` entry is a bool: Python's, numpy's, or a 0-d bool tensor (the
     items of ``list(mask)``), never to be read as the index 0 or 1."""
-    if isinstance(item, Tensor):
-        return item.dtype == torch.bool and item.ndim == 0
+    if isinstance(item, Tensor):  # 0-d, or one element (the rows of a (V, 1) mask)
+        return item.dtype == torch.bool and item.numel() == 1
     numpy_bool = getattr(getattr(item, "dtype", None), "kind", "") == "b"
     return isinstance(item, bool) or (type(item).__module__ == "numpy" and numpy_bool)
+
+
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is an index (an int, a numpy or 0-d tensor integer), not a bool."""
+    if _is_bool(value):
+        return False
+    try:
+        operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
 
 
 def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:

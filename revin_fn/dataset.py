@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import _moments, _reference
+from ._inputs import _affine_vector
 from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import parse
 from ._reverse import ReverseFn, _check_tensor, _error
@@ -119,6 +120,8 @@ def _fixed_frame(
             f"stats.mean has shape {tuple(mean.shape)}, expected {size} (one value per "
             f'variate) or () for x of shape {tuple(x.shape)} with pattern "{pattern}"'
         )
+    for name, value in (("stats.gamma", gamma), ("stats.beta", beta)):
+        _affine_vector(name, value, x, layout)  # checked against x (the frame's copy is x's)
     # float64 statistics (adapt's) are applied in float64: a float32 mean rounds by up to
     # |mean| * 6e-8, which is 7.7e-4 of the std at a level of 1e6 with std 40
     sdtype = torch.promote_types(stats_dtype(x.dtype), stats_dtype(mean.dtype))

@@ -8,7 +8,7 @@ from typing import Literal, NamedTuple, overload
 import torch
 from torch import Tensor
 
-from . import RevINError, _reference, backends
+from . import RevINError, _args, _reference, backends
 from ._args import flag
 from ._inputs import Mask as Mask
 from ._inputs import _affine_vector, _warn_if_swapped
@@ -226,6 +226,7 @@ def frame_from_statistics(
     _check_tensor("stats.mean", mean)
     _check_tensor("stats.variance", variance)
     check_options(Options(eps, eps_mode))
+    _args.layout(pattern)  # the pattern's own errors first, then its fit to the statistics
     try:
         layout = parse(pattern, mean.ndim)
     except ValueError as error:

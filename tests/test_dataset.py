@@ -3,6 +3,7 @@
 import io
 import itertools
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -214,6 +215,11 @@ def test_normalize_bad_stats():
         normalize(x, Statistics(torch.zeros(5), torch.ones(5), None, None), eps_mode="max")
     with pytest.raises(RevINTypeError, match=r"x must be a floating-point tensor"):
         normalize(x.long(), Statistics(torch.zeros(5), torch.ones(5), None, None))
+    shape = re.escape(str(tuple(x.shape)))
+    with pytest.raises(
+        RevINError, match=r"stats.gamma has shape \(3,\), .* for x of shape " + shape
+    ):
+        normalize(x, Statistics(torch.zeros(5), torch.ones(5), torch.ones(3), None))
 
 
 # --- Normalization --------------------------------------------------------------------------

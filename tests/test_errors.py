@@ -131,6 +131,7 @@ def test_reverse_fn_checks_what_it_is_given(y_hat, message):
         (slice(None, None, -1), r"variates=slice\(None, None, -1\): the step must be positive"),
         (slice(0, 3, 1.5), r"variates=slice\(0, 3, 1.5\): a slice needs int \(or None\) bounds"),
         (slice(True, 3), r"variates=slice\(True, 3, None\): a slice needs int"),
+        (slice(0, torch.tensor(1.5)), r"variates=slice\(0, tensor\(1.5000\), None\): a slice ne"),
         ([0, torch.tensor(True)], r"variates must hold ints \(or only bools\), got Tensor"),
         ([0.5], r"variates must hold ints \(or only bools\), got float 0.5 in \[0.5\]"),
         ([None], r"variates must hold ints \(or only bools\), got NoneType None"),
@@ -162,7 +163,7 @@ def test_the_items_of_a_bool_mask_are_bools_not_the_indices_0_and_1():
     y, reverse_fn = revin(X)
     mask = [False, True, True, False, False, False, True]
     want = reverse_fn(y)[:, [1, 2, 6]]
-    for items in (torch.tensor(mask), np.array(mask)):
+    for items in (torch.tensor(mask), np.array(mask), torch.tensor(mask).view(7, 1)):
         torch.testing.assert_close(reverse_fn(y[:, [1, 2, 6]], variates=list(items)), want)
     with pytest.raises(RevINError, match=r"a bool variates mask needs 7 entries, got 3"):
         reverse_fn(y[:, :2], variates=list(torch.tensor(mask[:3])))
@@ -242,6 +243,8 @@ def test_reverse_checks_the_statistics():
         RevINError, match=r"stats.gamma has shape \(3,\), expected \(7,\) .* for stats.mean of sh"
     ):
         reverse(torch.zeros(4, 7, 3), Statistics(stats.mean, stats.variance, torch.ones(3), None))
+    with pytest.raises(RevINError, match=r'^reverse\(y_hat, stats\): pattern "v t t" is not a v'):
+        reverse(torch.zeros(4, 7, 3), stats, pattern="v t t")  # the pattern's own error, as is
     flat = Statistics(stats.mean.flatten(), stats.variance.flatten(), None, None)
     with pytest.raises(
         RevINError, match=r"^reverse\(y_hat, stats\): stats.mean has shape \(28,\): "
