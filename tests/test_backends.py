@@ -302,6 +302,22 @@ def test_add_mode_variances_far_below_eps_are_exact(backend, pattern, route, x_g
         assert grads[backend, torch.float32].isfinite().all()
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize(("pattern", "route"), [("b v t", "rows"), ("b t v", "moved rows")])
+@pytest.mark.parametrize("eps", [1e-5, 1.0, 1e20, 1e30])
+def test_clamp_mode_variances_are_exact_for_any_eps(backend, pattern, route, eps):
+    """The variance read back from the kernel's 1 / std carries the kernel's floor: kept below
+    eps and below 1, every variance of unit size comes back to its rounding."""
+    x = torch.randn(8, 3, 64, generator=torch.Generator().manual_seed(0)) * 3
+    if pattern == "b t v":
+        x = x.transpose(1, 2).contiguous()
+    with backends.use(backend), backends.record() as calls:
+        *_, stats = revin(x, pattern=pattern, eps=eps, return_statistics=True)
+    assert calls[0] == (backend, route + ("+clamped" if eps > 9 else ""))
+    truth = x.double().var(pattern.split().index("t"), correction=0, keepdim=True)
+    assert ((stats.variance.double() - truth).abs() / truth).max() < 1e-6
+
+
 @pytest.mark.parametrize("backend", [*FAST, "reference"])
 @pytest.mark.parametrize("pattern, shape", [("b v t", (4, 3, 336)), ("b t v", (4, 336, 3)),
                                             ("b t v", (8, 336, 32))])  # fmt: skip

@@ -60,12 +60,14 @@ from ._rows_redo import REDO_MIN, redo, redo_pays
 
 def kernel_floor(values: Tensor, options: Options) -> float:
     """What the kernel adds to the variance: eps for ``"add"``; for ``"clamp"`` a floor far
-    below eps, which only keeps a zero variance from making ``1 / std`` infinite. That floor is
-    a power of 4, so a constant row's ``1 / std`` is exactly its inverse square root and the
-    variance read back from it is exactly 0."""
+    below eps (and below 1), which only keeps a zero variance from making ``1 / std`` infinite;
+    the variance read back from ``1 / std`` is exact to about 1e-7 of variance + floor. That
+    floor is a power of 4, so a constant row's ``1 / std`` is exactly its inverse square root
+    and the variance read back from it is exactly 0."""
     if options.eps_mode == "add":
         return options.eps
-    exponent = math.frexp(options.eps * 2.0**-60)[1] - 1  # eps * 2**-60 = m * 2**exponent, m >= 1
+    low = min(options.eps, 1.0) * 2.0**-60
+    exponent = math.frexp(low)[1] - 1  # low = m * 2**exponent, m >= 1
     return max(math.ldexp(1.0, exponent - exponent % 2), torch.finfo(values.dtype).tiny)
 
 
