@@ -36,6 +36,11 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
         return _tensor_index(variates, size, count)
     if type(variates).__module__ == "numpy" and getattr(variates, "ndim", 0) == 1:
         variates = variates.tolist()  # type: ignore[union-attr]  # a numpy array: its items
+    elif type(variates).__module__ == "numpy" and getattr(variates, "ndim", 0) > 1:
+        raise TypeError(
+            "variates must be an int, a sequence of ints, a slice or a bool mask, got a numpy "
+            f"array of shape {variates.shape}"  # type: ignore[union-attr]
+        )
     if isinstance(variates, bool) or not isinstance(variates, int | Sequence | range):
         if hasattr(variates, "__index__") and not isinstance(variates, bool):
             variates = operator.index(variates)  # numpy integers

@@ -136,6 +136,7 @@ def test_reverse_fn_checks_what_it_is_given(y_hat, message):
         ([0.5], r"variates must hold ints \(or only bools\), got float 0.5 in \[0.5\]"),
         ([None], r"variates must hold ints \(or only bools\), got NoneType None"),
         ({0}, r"variates must be an int, a sequence of ints, a slice or a bool mask, got set"),
+        (np.array([[0, 2]]), r"a slice or a bool mask, got a numpy array of shape \(1, 2\)"),
         (torch.tensor([0, 9]), r"variates= holds an index out of range for 7 variates"),
         (torch.tensor([0.5]), r"got a tensor of dtype torch.float32"),
     ],
