@@ -19,7 +19,8 @@ Variates = Union[int, Sequence[int], Sequence[bool], slice, Tensor]  # noqa: UP0
 
 def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
     """Turn a ``variates=`` selection into something that indexes an axis of length ``size``,
-    for an output holding ``count`` variates. Reads no tensor value on the host."""
+    for an output holding ``count`` variates. Reads no tensor value on the host (except the
+    items of a list of one-element tensors, which are read as Python numbers)."""
     if isinstance(variates, slice):
         fields = (variates.start, variates.stop, variates.step)
         if any(f is not None and not _is_int(f) for f in fields):
@@ -60,7 +61,7 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
         items = [i for i, keep in enumerate(items) if keep]
     picked = []
     for item in items:
-        if _is_bool(item) or not hasattr(item, "__index__"):
+        if not _is_int(item):
             raise TypeError(
                 f"variates must hold ints (or only bools), got {type(item).__name__} {item!r} "
                 f"in {variates!r}"
@@ -73,8 +74,8 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
 
 
 def _is_bool(item: object) -> bool:
-    """Whether a ``variates=`` entry is a bool: Python's, numpy's, or a 0-d bool tensor (the
-    items of ``list(mask)``), never to be read as the index 0 or 1."""
+    """Whether a ``variates=`` entry is a bool: Python's, numpy's, or a one-element bool tensor
+    (the items of ``list(mask)``), never to be read as the index 0 or 1."""
     if isinstance(item, Tensor):  # 0-d, or one element (the rows of a (V, 1) mask)
         return item.dtype == torch.bool and item.numel() == 1
     numpy_bool = getattr(getattr(item, "dtype", None), "kind", "") == "b"
@@ -82,7 +83,8 @@ def _is_bool(item: object) -> bool:
 
 
 def _is_int(value: object) -> bool:
-    """Whether ``value`` is an index (an int, a numpy or 0-d tensor integer), not a bool."""
+    """Whether ``value`` is an index (an int, a numpy integer, a one-element integer tensor),
+    not a bool."""
     if _is_bool(value):
         return False
     try:

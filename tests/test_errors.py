@@ -133,6 +133,7 @@ def test_reverse_fn_checks_what_it_is_given(y_hat, message):
         (slice(True, 3), r"variates=slice\(True, 3, None\): a slice needs int"),
         (slice(0, torch.tensor(1.5)), r"variates=slice\(0, tensor\(1.5000\), None\): a slice ne"),
         ([0, torch.tensor(True)], r"variates must hold ints \(or only bools\), got Tensor"),
+        ([torch.tensor(1.5)], r"variates must hold ints \(or only bools\), got Tensor tensor\(1.5"),
         ([0.5], r"variates must hold ints \(or only bools\), got float 0.5 in \[0.5\]"),
         ([None], r"variates must hold ints \(or only bools\), got NoneType None"),
         ({0}, r"variates must be an int, a sequence of ints, a slice or a bool mask, got set"),
