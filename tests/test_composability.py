@@ -128,6 +128,22 @@ def test_export_with_a_dynamic_length() -> None:
                                    rtol=1e-5)  # fmt: skip
 
 
+def test_vmap_over_the_native_backward() -> None:
+    """``torch.func.vmap`` over ``autograd.grad`` of an eager forward (native rows with the eps
+    rescale): batched vectors reach the fused backward, which gives way to the formula."""
+    x = (torch.randn(4, 3, 40) * 1e-4 + 5).requires_grad_()
+    with backends.record() as calls:
+        y, reverse_fn = revin(x)
+        out = reverse_fn(y.sin())
+    assert calls[0] == ("native", "rows+shifted+clamped")
+    vectors = torch.randn(2, *x.shape)
+    got = torch.func.vmap(lambda v: torch.autograd.grad(out, x, v, retain_graph=True)[0])(vectors)
+    for k in range(2):
+        torch.testing.assert_close(
+            got[k], torch.autograd.grad(out, x, vectors[k], retain_graph=True)[0]
+        )
+
+
 @pytest.mark.parametrize(("shape", "pattern"), [((4, 3, 40), "b v t"), ((2, 1024, 40), "b t v")])
 def test_the_native_backward_traces_under_compiled_autograd(shape, pattern) -> None:
     """An eager forward (native rows, native columns) whose backward compiled autograd traces
