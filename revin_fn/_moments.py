@@ -220,11 +220,14 @@ def _as_tensor(value: object, pattern: str) -> Tensor | None:
     """A numpy array as a tensor; a DataFrame (rows = steps, columns = variates) laid out as
     ``pattern``; ``None`` for anything else. Neither numpy nor pandas is imported."""
     if callable(getattr(value, "to_numpy", None)) and hasattr(value, "columns"):  # DataFrame
+        kinds = value.dtypes.items()  # type: ignore[attr-defined]
+        # datetime and timedelta columns convert to float64 too, as nanoseconds: refused first
+        other = [name for name, kind in kinds if getattr(kind, "kind", "O") not in "biuf"]
         try:
+            if other:
+                raise TypeError
             table = torch.as_tensor(value.to_numpy(dtype="float64", copy=True))  # type: ignore[attr-defined]
         except (TypeError, ValueError):
-            kinds = value.dtypes.items()  # type: ignore[attr-defined]
-            other = [name for name, kind in kinds if kind.kind not in "biuf"]
             raise TypeError(
                 f"data is a DataFrame with non-numeric columns {other}; select the numeric "
                 "columns (one per variate)"

@@ -12,12 +12,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _moments, _reference
+from . import _args, _moments, _reference
 from ._inputs import _affine_vector
 from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
 from ._patterns import parse
 from ._reverse import ReverseFn, _check_tensor, _error
-from .functional import Mask, Statistics, _observed
+from .functional import Mask, Statistics, _observed, statistics_fields
 from .functional import frame_from_statistics as _frame_from_statistics
 
 
@@ -54,6 +54,11 @@ def adapt(
         ``Statistics(mean, variance, None, None)`` with float64 ``mean``/``variance`` of shape
         ``(V,)`` (``()`` without ``v``); a variate never observed gets mean 0, variance 1.
     """
+    try:
+        _args.flag("progress", progress)
+        _args.flag("distributed", distributed, none=True)
+    except (TypeError, ValueError) as error:
+        raise _error("adapt(data)", error) from None
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized()
     running: _moments.Moments | None = None
@@ -67,6 +72,9 @@ def adapt(
         report = _moments.Progress(progress, total)
         for batch, batch_mask in pairs:
             x, layout = _moments.layout_for(pattern, batch, batches)
+            if x.numel() == 0:  # no observation: nothing to merge (0 / 0 would be NaN)
+                batches += 1
+                continue
             observed = _observed(batch_mask, x)  # type: ignore[arg-type]
             part = _moments.batch_moments(x, observed, layout)
             if running is not None and running.n.shape != part.n.shape:
@@ -80,9 +88,9 @@ def adapt(
             report.update(batches, values)
         if distributed:
             running = _moments.all_reduce_moments(running)
-        if running is None:
+        if running is None and not batches:
             raise ValueError("data has no batches")
-        if not bool((running.n > 0).any()):
+        if running is None or not bool((running.n > 0).any()):
             raise ValueError(f"data holds no observed value ({values} values seen)")
         _moments.check_finite(running, mask)
     except (TypeError, ValueError) as error:
@@ -99,7 +107,7 @@ def _fixed_frame(
 ) -> _reference.Frame:
     """The Frame of fixed statistics, broadcast over the instances of ``x`` (no copy)."""
     _check_tensor("x", x)
-    mean, variance, gamma, beta = stats
+    mean, variance, gamma, beta = statistics_fields(stats)
     _check_tensor("stats.mean", mean)
     _check_tensor("stats.variance", variance)
     layout = parse(pattern, x.ndim)
@@ -115,10 +123,14 @@ def _fixed_frame(
     elif mean.ndim == 0:
         view = (1,) * x.ndim
     else:
-        size = "()" if layout.variate is None else f"({x.shape[layout.variate]},)"
+        size = (
+            "()"
+            if layout.variate is None
+            else f"({x.shape[layout.variate]},) (one value per variate) or ()"
+        )
         raise ValueError(
-            f"stats.mean has shape {tuple(mean.shape)}, expected {size} (one value per "
-            f'variate) or () for x of shape {tuple(x.shape)} with pattern "{pattern}"'
+            f"stats.mean has shape {tuple(mean.shape)}, expected {size} "
+            f'for x of shape {tuple(x.shape)} with pattern "{pattern}"'
         )
     for name, value in (("stats.gamma", gamma), ("stats.beta", beta)):
         _affine_vector(name, value, x, layout)  # checked against x (the frame's copy is x's)
@@ -161,7 +173,9 @@ def normalize(
 
     Computed in float64 when ``x`` or the statistics are float64 (:func:`adapt`'s are), else
     in float32; ``y`` has the dtype of ``x``. ``reverse_fn`` holds copies of the statistics:
-    changing ``stats`` afterwards does not move it.
+    changing ``stats`` afterwards does not move it. Their values are not read (no host
+    synchronization): a NaN mean gives NaN, and a variance below 0 is taken by the eps rule as
+    in :func:`revin_fn.reverse` (:class:`Normalization` checks the values it is given).
 
     Returns:
         ``(y, reverse_fn)``; ``reverse_fn`` checks shapes against ``x`` as ``revin``'s does

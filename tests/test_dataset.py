@@ -203,6 +203,18 @@ def test_normalize_invert_is_the_inverse():
     torch.testing.assert_close(renormalize(x), y)
 
 
+def test_adapt_skips_empty_batches_and_checks_its_flags():
+    x = torch.randn(1000, 7, 96) + 5
+    shards = [x[:500], x[500:], x[1000:]]  # the last one is empty: 0 / 0 must not reach the merge
+    torch.testing.assert_close(adapt(shards).mean, adapt(x).mean)
+    with pytest.raises(RevINError, match=r"^adapt\(data\): data holds no observed value \(0 val"):
+        adapt([x[:0], x[:0]])
+    with pytest.raises(RevINTypeError, match=r"^adapt\(data\): progress must be True or False"):
+        adapt(x, progress="no")
+    with pytest.raises(RevINTypeError, match=r"distributed must be True, False or None, got str"):
+        adapt(x, distributed="no")
+
+
 def test_normalize_bad_stats():
     x = dataset(n=2)
     with pytest.raises(
@@ -215,6 +227,10 @@ def test_normalize_bad_stats():
         normalize(x, Statistics(torch.zeros(5), torch.ones(5), None, None), eps_mode="max")
     with pytest.raises(RevINTypeError, match=r"x must be a floating-point tensor"):
         normalize(x.long(), Statistics(torch.zeros(5), torch.ones(5), None, None))
+    with pytest.raises(RevINTypeError, match=r"^normalize\(x, stats\): stats must be the Statis"):
+        normalize(x, (torch.zeros(5), torch.ones(5)))
+    with pytest.raises(RevINError, match=r"stats.mean has shape \(1,\), expected \(\) for x of"):
+        normalize(x[:, 0], Statistics(torch.zeros(1), torch.ones(1), None, None), pattern="b t")
     shape = re.escape(str(tuple(x.shape)))
     with pytest.raises(
         RevINError, match=r"stats.gamma has shape \(3,\), .* for x of shape " + shape
@@ -389,9 +405,11 @@ def test_adapt_takes_numpy_arrays_lists_of_arrays_and_dataframes():
         torch.testing.assert_close(got.variance, want.variance)
     norm = Normalization(5, pattern="b t v").adapt([frame.iloc[:100], frame.iloc[100:]])
     torch.testing.assert_close(norm.mean, want.mean)
-    frame["date"] = pd.date_range("2020-01-01", periods=len(frame), freq="h").astype(str)
-    with pytest.raises(RevINTypeError, match=r"non-numeric columns \['date'\]; select"):
-        adapt(frame)
+    dates = pd.date_range("2020-01-01", periods=len(frame), freq="h")
+    for column in (dates.astype(str), dates, dates - dates[0]):  # text, datetime64, timedelta64
+        frame["date"] = column  # the last two convert to float64 too, as nanoseconds
+        with pytest.raises(RevINTypeError, match=r"non-numeric columns \['date'\]; select"):
+            adapt(frame)
 
 
 def test_adapt_on_data_with_nan_needs_mask_nan():
