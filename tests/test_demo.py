@@ -94,6 +94,16 @@ def test_user_csv_with_target_and_forecasts_written(demo, tmp_path):
     assert abs(float(rows[1][3]) - (20 + math.cos(320 / 7))) < 1e-3
 
 
+def test_forecasts_are_written_to_float32_precision(demo, tmp_path):
+    data, out = write_csv(tmp_path / "mine.csv"), tmp_path / "forecasts.csv"
+    code, _, err = demo("--csv", str(data), "--target", "load", "--out", str(out), *FAST)
+    assert code == 0, err
+    written = float(next(row for i, row in enumerate(csv.reader(out.open())) if i == 1)[3])
+    source = float(f"{100 + 10 * math.sin(320 / 5):.4f}")  # 7 digits: row 320's load
+    as_float32 = [torch.tensor(value, dtype=torch.float32) for value in (written, source)]
+    assert torch.equal(*as_float32), (written, source)  # the text reads back as the float32
+
+
 @pytest.mark.parametrize("sep", [";", "\t", "|"])
 def test_delimiter_is_detected(demo, tmp_path, sep):
     data = write_csv(tmp_path / "semi.csv", sep=sep)
@@ -191,8 +201,13 @@ def test_bad_arguments_give_one_line_and_exit_code_2_before_training(demo, args,
         ("date,a\n", "bad.csv: no data rows below the header"),
         ("", "bad.csv: empty file, expected a header row and numeric columns"),
         ("date\n2020-01-01\n", "bad.csv: no numeric column besides the date column 'date'"),
+        ("date,a,b,\n2020-01-01,1,2,\n2020-01-02,3,4,\n",
+         "bad.csv, column '4 (unnamed)': no value in any row (a trailing delimiter"),
+        ("date,a\n2020-01-01,1e40\n", "bad.csv, line 2, column 'a': '1e40' is beyond the float32"),
+        ("date,a\n2020-01-01,100000000.25\n2020-01-02,100000000.75\n",
+         "bad.csv, column 'a': values around 100000000 lose their variation in float32"),
     ],
-)
+)  # fmt: skip
 def test_bad_csv_contents_name_line_and_column(demo, tmp_path, text, message):
     bad = tmp_path / "bad.csv"
     bad.write_text(text)

@@ -159,7 +159,7 @@ def write_forecasts(path: Path, data: Data, models: Mapping[str, nn.Module], tar
             for window, (row, steps) in enumerate(zip(first, values, strict=True)):
                 for step, cells in enumerate(steps):
                     date = data.table.dates[row + step]
-                    writer.writerow([window, step + 1, date, *(f"{v:.6g}" for v in cells)])
+                    writer.writerow([window, step + 1, date, *(f"{v:.9g}" for v in cells)])
     except OSError as error:
         raise DemoError(f"cannot write the forecasts to {path}: {error.strerror}") from None
 

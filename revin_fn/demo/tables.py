@@ -26,6 +26,7 @@ MISSING = frozenset({"", "na", "nan", "n/a", "null", "none"})  # lower-cased cel
 DATE_NAMES = frozenset({"date", "datetime", "timestamp", "time"})
 DELIMITERS = ",;\t|"
 AUTO = "auto"
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,33 @@ def parse(text: str, name: str, date_column: str | None = AUTO) -> Table:
         dates.append(row[date_at].strip() if date_at is not None else str(number))
     columns = [header[i] for i in keep]
     date_name = None if date_at is None else header[date_at]
-    return Table(name, dates, columns, torch.tensor(values, dtype=torch.float32), date_name)
+    exact = torch.tensor(values, dtype=torch.float64)
+    stored = exact.float()
+    for index, column in enumerate(columns):
+        _check_column(
+            exact[:, index], stored[:, index], column or f"{keep[index] + 1} (unnamed)", name
+        )
+    return Table(name, dates, columns, stored, date_name)
+
+
+def _check_column(exact: Tensor, stored: Tensor, column: str, name: str) -> None:
+    """A column the demo can train on: some value observed, and its variation kept in float32
+    (the dtype it trains in), which is 1 apart at 1.7e7 and 8 apart at 1e8."""
+    seen = ~exact.isnan()
+    if not bool(seen.any()):
+        raise DemoError(
+            f"{name}, column {column!r}: no value in any row (a trailing delimiter leaves an empty "
+            "last column); remove the column"
+        )
+    values = exact[seen]
+    spread = float(values.std(correction=0))
+    lost = float((stored[seen].double() - values).abs().max())
+    if spread > 0 and lost > 0.01 * spread:  # a constant column has no variation to lose
+        raise DemoError(
+            f"{name}, column {column!r}: values around {float(values.mean()):.9g} lose their "
+            f"variation in float32, the dtype the demo trains in (off by up to {lost:.3g} "
+            f"against a spread of {spread:.3g}); subtract a constant from the column first"
+        )
 
 
 def _date_index(
@@ -169,6 +196,11 @@ def _number(cell: str, column: str, name: str, line: int) -> float:
         ) from None
     if value in (float("inf"), float("-inf")):
         raise DemoError(f"{name}, line {line}, column {column!r}: {cell!r} is not finite")
+    if abs(value) > FLOAT32_MAX:
+        raise DemoError(
+            f"{name}, line {line}, column {column!r}: {cell!r} is beyond the float32 range the "
+            "demo trains in (about 3.4e38)"
+        )
     return value
 
 
