@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ._options import stats_dtype
-from ._patterns import Layout
+from ._patterns import Layout, swap_hint
 from ._reverse import _check_tensor
 
 Mask = Union[Tensor, Literal["nan"]]  # noqa: UP007
@@ -50,9 +50,15 @@ def _affine_vector(
         )
     size = x.shape[layout.variate]
     if value.shape != (size,) and value.shape != (size, 1):
+        given = value.shape[0] if value.ndim else None
+        hint = (
+            ""
+            if given is None
+            else swap_hint(layout.pattern, layout.names, x.shape, layout.variate, given)
+        )
         raise ValueError(
             f"{name} has shape {tuple(value.shape)}, expected ({size},) or ({size}, 1) "
-            f'for {x_name} of shape {tuple(x.shape)} with pattern "{layout.pattern}"'
+            f'for {x_name} of shape {tuple(x.shape)} with pattern "{layout.pattern}"' + hint
         )
     vector = value if value.ndim == 1 else value.reshape(size)
     sdtype = stats_dtype(x.dtype)
@@ -73,7 +79,9 @@ def _observed(mask: Mask | None, x: Tensor, layout: Layout | None = None) -> Ten
         return None
     if isinstance(mask, str):
         if mask != "nan":
-            raise ValueError(f'mask must be a bool tensor or the string "nan", got {mask!r}')
+            raise ValueError(
+                f'mask must be a tensor (bools, or 0/1 numbers) or the string "nan", got {mask!r}'
+            )
         return ~x.isnan()
     if not isinstance(mask, Tensor) or mask.is_complex():
         kind = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
@@ -116,9 +124,9 @@ def _warn_if_swapped(x: Tensor, layout: Layout) -> None:
     if not torch.compiler.is_compiling() and steps < variates:
         warnings.warn(
             f'revin(x, gamma, beta): x of shape {tuple(x.shape)} under the default pattern "b v t" '
-            f'has {steps} steps on the time axis "t" and {variates} variates on "v": a batch laid '
-            'out (batch, time, variates) needs pattern="b t v"; pass pattern= explicitly to '
-            "silence this warning",
+            f'has {steps} step{"s" * (steps != 1)} on the time axis "t" and {variates} variates '
+            'on "v": a batch laid out (batch, time, variates) needs pattern="b t v"; pass '
+            "pattern= explicitly to silence this warning",
             UserWarning,
             stacklevel=user_stacklevel(),
         )

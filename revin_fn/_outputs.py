@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._patterns import Layout, axis_names
+from ._patterns import Layout, axis_names, swap_hint
 from ._reference import Frame
 
 
@@ -148,5 +148,29 @@ def fit(
             + f') to match the statistics of shape {tuple(stats)} with pattern "{layout.pattern}"'
             + (f' (output pattern "{out.pattern}")' if out.pattern != layout.pattern else "")
             + "; pass variates= when it holds only some variates"
+            + _swapped(out, layout, shape, stats)
         )
     return out.arrange(gain), out.arrange(offset)
+
+
+def _fits(
+    source: Sequence[int | None], time: int, shape: Sequence[int], stats: Sequence[int]
+) -> bool:
+    return all(
+        axis is None or axis == time or shape[d] == stats[axis] for d, axis in enumerate(source)
+    )
+
+
+def _swapped(out: OutputLayout, layout: Layout, shape: Sequence[int], stats: Sequence[int]) -> str:
+    """The output pattern with the variate axis swapped with another that makes ``shape``
+    match the statistics, as a hint (``""`` where there is none)."""
+    if out.variate is None or layout.variate is None:
+        return ""
+    variate = out.variate
+
+    def fits(axis: int) -> bool:
+        source = list(out.source)
+        source[variate], source[axis] = source[axis], source[variate]
+        return _fits(source, layout.time, shape, stats)
+
+    return swap_hint(out.pattern, out.names, shape, variate, stats[layout.variate], fits)

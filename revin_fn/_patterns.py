@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -95,3 +96,31 @@ def _parse(pattern: str, ndim: int) -> Layout:
         )
     variate = names.index(VARIATE) if VARIATE in names else None
     return Layout(pattern, ndim, tuple(names), names.index(TIME), variate)
+
+
+def swap_hint(
+    pattern: str,
+    names: Sequence[str],
+    shape: Sequence[int],
+    variate: int,
+    size: int,
+    fits: Callable[[int], bool] | None = None,
+) -> str:
+    """A hint for ``size`` variates that do not match axis ``variate`` of a tensor of ``shape``
+    named ``names`` by ``pattern``: where exactly one other named axis has that size (and
+    ``fits(axis)``, if given, accepts it), the pattern with the two names swapped, as
+    ``'; if axis "t" holds the variates, pass pattern="b t v"'``; otherwise ``""``."""
+    axes = [
+        d
+        for d, name in enumerate(names)
+        if d != variate and shape[d] == size and not name.startswith("...")
+    ]
+    if len(axes) != 1 or (fits is not None and not fits(axes[0])):
+        return ""
+    tokens = pattern.split()
+    if names[variate] not in tokens or names[axes[0]] not in tokens:
+        return ""
+    a, b = tokens.index(names[variate]), tokens.index(names[axes[0]])
+    tokens[a], tokens[b] = tokens[b], tokens[a]
+    swapped = " ".join(tokens)
+    return f'; if axis "{names[axes[0]]}" holds the variates, pass pattern="{swapped}"'

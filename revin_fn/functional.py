@@ -172,9 +172,9 @@ def revin(
         ``Statistics.gamma``/``beta`` are the tensors passed.
 
     Range: statistics are float32 for every dtype but float64, so float32, float16 and
-    bfloat16 data need a scale below about 1.8e19 (its square must be a float32) and finite
-    sums over time; beyond that ``y`` and ``reverse_fn(y)`` are NaN on every backend, never
-    another finite value.
+    bfloat16 data need a scale below about 1.8e19 / sqrt(T) (the sum of squares over T steps
+    must be a float32) and finite sums over time; beyond that ``y`` and ``reverse_fn(y)`` are
+    NaN on every backend, never another finite value.
 
     Examples::
 
@@ -278,4 +278,11 @@ def reverse(
     try:
         return ReverseFn(frame)(y_hat, variates, shift=shift, stepwise=stepwise)
     except RevINError as error:  # the closure's checks, under this call's name
-        raise _renamed(call, error) from None
+        renamed = _renamed(call, error)
+        steps = frame.loc.shape[frame.layout.time]
+        if steps == 1:
+            raise renamed from None
+        raise type(renamed)(  # a time axis longer than 1: causal statistics, or another pattern
+            f'{renamed}; stats.mean has {steps} entries on the time axis "t" of pattern '
+            f'"{pattern}": unless they are causal statistics, pass the pattern of the revin call'
+        ) from None

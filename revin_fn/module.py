@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from . import RevINError, _args
 from ._inputs import _observed, user_stacklevel
 from ._options import DEFAULT_EPS, Options, check_options, stats_dtype
-from ._patterns import Layout, parse
+from ._patterns import Layout, parse, swap_hint
 from ._reference import Frame
 from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 from .functional import Mask, Statistics, reverse, revin, statistics_fields
@@ -169,13 +169,14 @@ class RevIN(nn.Module):
             raise RevINError(
                 f'{call}: x has {variates} variates on axis "v" (shape {tuple(x.shape)}, '
                 f'pattern "{self.pattern}"), expected num_variates={self.num_variates}'
+                + swap_hint(self.pattern, layout.names, x.shape, layout.variate, self.num_variates)
             )
         # is_compiling first: the size comparison would become a guard on the time length
         if not torch.compiler.is_compiling() and self.num_variates is None and steps < variates:
             warnings.warn(
-                f'{call}: x of shape {tuple(x.shape)} has {steps} steps on the time axis "t" '
-                f'and {variates} variates on "v" (pattern "{self.pattern}"): fewer steps than '
-                "variates often means the axes are swapped; pass the right pattern, or "
+                f"{call}: x of shape {tuple(x.shape)} has {steps} step{'s' * (steps != 1)} on the "
+                f'time axis "t" and {variates} variates on "v" (pattern "{self.pattern}"): fewer '
+                "steps than variates often means the axes are swapped; pass the right pattern, or "
                 "num_variates= to have the variate axis checked (and this warning silenced)",
                 UserWarning,
                 stacklevel=user_stacklevel(),

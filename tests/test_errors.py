@@ -33,7 +33,10 @@ X = torch.randn(4, 7, 32)
         ({"eps": 10**400}, r"eps must be a finite number >= 1.18e-38 .*, got 1000"),
         ({"causal": True, "method": "robust"}, r"causal=True supports method in"),
         ({"causal": True, "subtract_last": True}, r"choose one"),
-        ({"mask": "zero"}, r'mask must be a bool tensor or the string "nan", got \'zero\''),
+        (
+            {"mask": "zero"},
+            r'mask must be a tensor \(bools, or 0/1 numbers\) or the string "nan", got \'zero\'',
+        ),
         (
             {"mask": torch.ones(4, 7, 5, dtype=torch.bool)},
             r"mask has shape \(4, 7, 5\).*\(4, 7, 32\)",
@@ -294,3 +297,38 @@ def test_numpy_values_are_taken_like_python_ones():
     )
     mask = np.array([i in (1, 5) for i in range(7)])
     torch.testing.assert_close(reverse_fn(y[:, [1, 5]], variates=mask), reverse_fn(y)[:, [1, 5]])
+
+
+def test_shape_errors_suggest_the_swapped_pattern():
+    x = torch.randn(32, 96, 7)  # (batch, time, variates) under the default "b v t"
+    hint = r'; if axis "t" holds the variates, pass pattern="b t v"$'
+    with pytest.raises(RevINError, match=r"gamma has shape \(7,\), expected \(96,\).*" + hint):
+        revin(x, torch.ones(7), torch.zeros(7))
+    with pytest.raises(RevINError, match=r"expected num_variates=7" + hint):
+        RevIN(7)(x)
+    _, reverse_fn = revin(torch.randn(32, 7, 96))
+    with pytest.raises(RevINError, match=r"expected \(32, 7, T\).*variates" + hint):
+        reverse_fn(torch.randn(32, 24, 7))
+    with pytest.raises(RevINError, match=r"variates$"):  # no axis of 7: no suggestion
+        reverse_fn(torch.randn(32, 24, 8))
+    with pytest.raises(RevINError, match=r'if axis "b" holds the variates, pass pattern="v b t"$'):
+        revin(torch.randn(3, 5, 8), torch.ones(3))  # any axis, not only time
+    _, _, stats = revin(x, pattern="b t v", return_statistics=True)
+    with pytest.raises(
+        RevINError,
+        match=r'stats.mean has 7 entries on the time axis "t" of pattern "b v t": unless they '
+        r"are causal statistics, pass the pattern of the revin call$",
+    ):
+        reverse(torch.randn(32, 24, 7), stats)
+
+
+def test_zero_dimensional_gamma_is_named_without_a_hint():
+    with pytest.raises(RevINError, match=r'gamma has shape \(\), expected \(3,\) .*"b v t"$'):
+        revin(torch.randn(2, 3, 8), torch.tensor(1.0))
+
+
+def test_one_step_warning_and_mask_strings_read_right():
+    with pytest.warns(UserWarning, match=r"has 1 step on the time axis"):
+        revin(torch.randn(3, 7, 1))
+    with pytest.raises(RevINError, match=r"mask must be a tensor \(bools, or 0/1 numbers\) or"):
+        revin(torch.randn(3, 7, 8), mask="none")
