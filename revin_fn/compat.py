@@ -3,8 +3,10 @@
 Every class here is a thin shell over :func:`revin_fn.revin` (the formula is in its
 docstring): ``mode="norm"`` calls it and keeps the returned ``reverse_fn`` on the module,
 ``mode="denorm"`` calls that ``reverse_fn``. Keeping the latest statistics on the module is
-what the originals do and what their call sites expect; new code should use
-:class:`revin_fn.RevIN`, which hands the ``reverse_fn`` back instead.
+what the originals do and what their call sites expect (they read as the originals' attributes:
+``mean``, ``stdev`` and ``last``; ``m`` and ``s`` on the S4 input half); new code should use
+:class:`revin_fn.RevIN`, which hands the ``reverse_fn`` back instead. As in the originals,
+``eps``, ``affine`` and ``subtract_last`` are read on every call.
 
 - :class:`RevIN`: the original RevIN (Kim et al. 2022), PatchTST's copy; :class:`Normalize`
   is TSLib's (same, ``affine=False`` by default).
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 from . import RevINError, _args
 from ._options import DEFAULT_EPS, Options, check_options
 from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
-from .functional import revin
+from .functional import Statistics, revin
 
 S4_EPS = 1e-4  # added to the population std by the S4 / ESPnet pair
 
@@ -57,6 +59,10 @@ class RevIN(nn.Module):
     - with ``subtract_last=True`` the last step is detached too (the original lets the
       gradient flow through it); values are unchanged.
     - only 3-D input: the original also reduces over the middle axes of 4-D and larger input.
+    As in the original, the affine output comes in ``promote_types(x.dtype, weight.dtype)``
+    (float16 data through a float32 module gives float32), a weight inside ``(-eps, eps)``
+    gets no gradient from the guard (its floor is a constant there), and without affine the
+    feature count is not checked.
 
     Args:
         num_features: number of features (variates).
@@ -101,7 +107,6 @@ class RevIN(nn.Module):
         self.affine = affine
         self.subtract_last = subtract_last
         self.non_norm = non_norm
-        self.options = options
         if affine:
             self.affine_weight = nn.Parameter(torch.ones(num_features))
             self.affine_bias = nn.Parameter(torch.zeros(num_features))
@@ -109,6 +114,8 @@ class RevIN(nn.Module):
             self.register_parameter("affine_weight", None)
             self.register_parameter("affine_bias", None)
         self.reverse_fn: ReverseFn | None = None
+        self.statistics: Statistics | None = None  # the latest batch's, with the eps they used
+        self._kept_eps = eps
 
     def forward(self, x: Tensor, mode: str = "norm", variates: Variates | None = None) -> Tensor:
         """``mode="norm"``: normalize ``x`` (B, T, F); ``"denorm"``: map ``x`` (B, H, F) back.
@@ -129,20 +136,55 @@ class RevIN(nn.Module):
                     f"{call}: x has {x.shape[-1]} features (shape {tuple(x.shape)}), expected "
                     f"num_features={self.num_features}"
                 )
+            if variates is not None:
+                raise RevINError(f'{call}: variates= is for mode="denorm" (the output\'s variates)')
+            affine = (self.affine_weight, self.affine_bias) if self.affine else (None, None)
             try:
-                y, self.reverse_fn = revin(
+                y, self.reverse_fn, self.statistics = revin(
                     x,
-                    self.affine_weight,
-                    self.affine_bias,
+                    *affine,
                     pattern="b t v",
-                    **self.options._asdict(),
+                    eps=self.eps,
+                    eps_mode="add",
+                    detach=self.detach,
+                    subtract_last=self.subtract_last,
+                    return_statistics=True,
                 )
             except RevINError as error:
                 raise _renamed(call, error) from None
+            self._kept_eps = self.eps
+            if affine[0] is not None:  # the original's affine promotes: y * weight + bias
+                y = y.to(torch.promote_types(y.dtype, affine[0].dtype))
             return y
         if mode == "denorm":
             return _denorm(f'{name}(x, mode="denorm")', self.reverse_fn, x, variates)
         raise RevINError(f'{name}(x, mode={mode!r}): mode must be "norm" or "denorm"')
+
+    @property
+    def mean(self) -> Tensor:
+        """The latest batch's mean, (B, 1, F), as the original keeps it (not with
+        ``subtract_last``, where ``last`` is kept instead)."""
+        if self.subtract_last:
+            raise RevINError(
+                f"{type(self).__name__}.mean: with subtract_last=True the module keeps the last "
+                "step (.last), not the mean, as the original does"
+            )
+        return _kept(self, "mean").mean
+
+    @property
+    def last(self) -> Tensor:
+        """The latest batch's last step, (B, 1, F), with ``subtract_last=True``."""
+        if not self.subtract_last:
+            raise RevINError(
+                f"{type(self).__name__}.last: the last step is kept with subtract_last=True "
+                "only; this module keeps the mean (.mean)"
+            )
+        return _kept(self, "last").mean
+
+    @property
+    def stdev(self) -> Tensor:
+        """The latest batch's ``sqrt(variance + eps)``, (B, 1, F): the scale that divided."""
+        return (_kept(self, "stdev").variance + self._kept_eps).sqrt()
 
     def __getstate__(self) -> dict[str, Any]:
         return _without_statistics(self)
@@ -199,6 +241,22 @@ class ReversibleInstanceNorm(RevIN):
         super().__init__(num_features, eps, affine, subtract_last, non_norm)
         self.name = name
 
+    def forward(
+        self,
+        x: Tensor,
+        mode: str = "norm",
+        variates: Variates | None = None,
+        training: bool | None = None,
+    ) -> Tensor:
+        """As :meth:`RevIN.forward`; ``training`` is kerasfactory's Keras flag, accepted and
+        unused (the layer computes the same in training and inference)."""
+        if training is not None:
+            try:
+                _args.flag("training", training)
+            except TypeError as error:
+                raise _error(f'{type(self).__name__}(x, mode="{mode}")', error) from None
+        return super().forward(x, mode, variates)
+
 
 class ReversibleInstanceNorm1dInput(nn.Module):
     r"""The S4 / ESPnet input half: ``y = (x - \mu) / (\sigma_{pop} + 10^{-4})``.
@@ -230,6 +288,7 @@ class ReversibleInstanceNorm1dInput(nn.Module):
         self.transposed = transposed
         self.norm = nn.InstanceNorm1d(d, affine=True, track_running_stats=False)
         self.reverse_fn: ReverseFn | None = None
+        self.statistics: Statistics | None = None
 
     @property
     def pattern(self) -> str:
@@ -237,10 +296,24 @@ class ReversibleInstanceNorm1dInput(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         try:
-            y, self.reverse_fn = revin(x, pattern=self.pattern, eps=S4_EPS, eps_mode="add_std")
+            y, self.reverse_fn, self.statistics = revin(
+                x, pattern=self.pattern, eps=S4_EPS, eps_mode="add_std", return_statistics=True
+            )
         except RevINError as error:
             raise _renamed("ReversibleInstanceNorm1dInput(x)", error) from None
         return y
+
+    @property
+    def m(self) -> Tensor:
+        """The latest call's mean, (..., D, 1) as the original keeps it."""
+        mean = _kept(self, "m").mean
+        return mean if self.transposed else mean.transpose(-1, -2)
+
+    @property
+    def s(self) -> Tensor:
+        """The latest call's ``sqrt(variance) + 1e-4``, (..., D, 1): the scale that divided."""
+        variance = _kept(self, "s").variance
+        return (variance if self.transposed else variance.transpose(-1, -2)).sqrt() + S4_EPS
 
     def __getstate__(self) -> dict[str, Any]:
         return _without_statistics(self)
@@ -279,8 +352,19 @@ class ReversibleInstanceNorm1dOutput(nn.Module):
 def _without_statistics(module: nn.Module) -> dict[str, Any]:
     """The module's state for copies and pickles, without the latest call's statistics."""
     state: dict[str, Any] = nn.Module.__getstate__(module)  # type: ignore[no-untyped-call]
-    state["reverse_fn"] = None
+    state["reverse_fn"] = state["statistics"] = None
     return state
+
+
+def _kept(module: RevIN | ReversibleInstanceNorm1dInput, name: str) -> Statistics:
+    """The latest batch's statistics, for the attribute ``name``, or the error saying there
+    are none yet."""
+    statistics = module.statistics
+    if statistics is None:
+        raise RevINError(
+            f"{type(module).__name__}.{name}: no statistics yet: normalize a batch first"
+        )
+    return statistics
 
 
 def _denorm(

@@ -471,3 +471,66 @@ def test_errors_name_the_compat_call_the_user_made():
         outputs(torch.randn(2, 5, 2))
     with pytest.raises(RevINError, match=r"^ReversibleInstanceNorm1dInput\(x\): x must be"):
         inputs(torch.randn(2, 10, 3).long())
+
+
+@pytest.mark.parametrize("cls", [RevIN, Normalize, ReversibleInstanceNorm])
+@pytest.mark.parametrize("subtract_last", [False, True])
+def test_kept_statistics_read_as_the_originals_attributes(cls, subtract_last):
+    layer = cls(3, subtract_last=subtract_last)
+    with pytest.raises(RevINError, match=rf"^{cls.__name__}\.stdev: no statistics yet"):
+        _ = layer.stdev
+    x = ordinary(4, 16, 3)
+    layer(x, mode="norm")
+    _, center, std = original_norm(x, None, None, subtract_last=subtract_last)
+    torch.testing.assert_close(layer.stdev, std)
+    kept, other = ("last", "mean") if subtract_last else ("mean", "last")
+    torch.testing.assert_close(getattr(layer, kept), center)
+    with pytest.raises(RevINError, match=rf"^{cls.__name__}\.{other}: "):
+        getattr(layer, other)
+    assert copy.deepcopy(layer).statistics is None  # per-batch state, as reverse_fn
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_s4_input_keeps_m_and_s_as_the_original(transposed):
+    layer = ReversibleInstanceNorm1dInput(3, transposed=transposed)
+    x = ordinary(2, 16, 3)
+    x = x.transpose(1, 2) if transposed else x
+    layer(x)
+    _, m, s = s4_norm(x, transposed)
+    torch.testing.assert_close(layer.m, m)
+    torch.testing.assert_close(layer.s, s)
+
+
+def test_eps_affine_and_subtract_last_are_read_on_every_call():
+    layer, x = RevIN(3), ordinary(4, 16, 3)
+    set_affine(layer)
+    layer.eps, layer.subtract_last = 0.1, True  # |weight| >= 0.2: unguarded
+    weight, bias = layer.affine_weight, layer.affine_bias
+    want, _, std = original_norm(x, weight, bias, eps=0.1, subtract_last=True)
+    assert_close_in_data_units(layer(x, mode="norm"), want, x)
+    torch.testing.assert_close(layer.stdev, std)
+    layer.affine = False
+    want, _, _ = original_norm(x, None, None, eps=0.1, subtract_last=True)
+    assert_close_in_data_units(layer(x, mode="norm"), want, x)
+    assert_close_in_data_units(layer(want, mode="denorm"), x, x)
+
+
+def test_norm_refuses_variates_and_kerasfactory_takes_training():
+    layer = RevIN(3)
+    with pytest.raises(RevINError, match=r'^RevIN\(x, mode="norm"\): variates= is for mode="de'):
+        layer(torch.randn(4, 10, 3), mode="norm", variates=[0])
+    keras = ReversibleInstanceNorm(3)
+    x = ordinary(4, 16, 3)
+    y = keras(x, "norm", training=True)
+    torch.testing.assert_close(keras(y, "denorm", training=False), x)
+    with pytest.raises(RevINTypeError, match=r"training must be True or False, got str"):
+        keras(x, "norm", training="no")
+
+
+def test_affine_output_dtype_promotes_as_the_original():
+    layer = RevIN(3)
+    x = ordinary(4, 16, 3).half()
+    y = layer(x, mode="norm")
+    assert y.dtype == torch.float32  # the original's y * weight + bias with float32 weights
+    assert Normalize(3)(x, mode="norm").dtype == torch.float16  # no affine: the data's
+    assert layer(y, mode="denorm").dtype == torch.float32
