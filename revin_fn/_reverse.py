@@ -130,7 +130,10 @@ class ReverseFn:
         # data units come back at least in the input's dtype (autocast outputs are upcast)
         dtype = torch.promote_types(self._frame.dtype, y_hat.dtype)
         y = y_hat if y_hat.dtype == dtype else y_hat.to(dtype)
-        x = (y * gain.abs()) if not shift else _scale_shift(y, gain, offset)
+        try:
+            x = (y * gain.abs()) if not shift else _scale_shift(y, gain, offset)
+        except ValueError as error:  # a forced backend that cannot take the call
+            raise _error("reverse_fn(y_hat)", error) from None
         return x if x.dtype == dtype else x.to(dtype)
 
     def normalize(

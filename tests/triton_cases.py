@@ -311,11 +311,53 @@ def test_export_keeps_the_kernel():
             return reverse_fn(y * 2)
 
     x = torch.randn(2, 3, 8, device=DEVICE)
-    with backends.use("triton"):
-        program = torch.export.export(Model(), (x,))
+    steps = torch.export.Dim("steps", min=5, max=4096)
+    with backends.use("triton"):  # a dynamic length: no size test of the route may guard it
+        program = torch.export.export(Model(), (x,), dynamic_shapes=({2: steps},))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert "revin_fn.triton_normalize.default" in targets, targets
-    assert torch.allclose(program.module()(x), Model()(x), rtol=1e-5, atol=1e-5)
+    for length in (8, 3000):  # one pass, and chunks
+        other = torch.randn(2, 3, length, device=DEVICE)
+        assert torch.allclose(program.module()(other), Model()(other), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("eps_mode", ["clamp", "add", "add_std"])
+def test_non_finite_inputs_give_nan_as_the_reference(eps_mode):
+    """A variance past float32 (scale 1e20), a NaN in x and a NaN gamma: NaN outputs and
+    scales, as on the reference (Triton's maximum drops NaN unless asked to keep it)."""
+    x = torch.randn(2, 3, 8, device=DEVICE)
+    x[0] *= 1e20
+    x[1, 0, 2] = float("nan")
+    gamma, beta = _affine(3, clamped=False)
+    gamma = gamma.detach().clone()
+    gamma[2] = float("nan")
+    results = {}
+    for name in ("reference", "triton"):
+        with backends.use(name):
+            y, reverse_fn = revin_fn.revin(x, gamma, beta.detach(), eps_mode=eps_mode)
+            width = reverse_fn(torch.ones_like(x), shift=False)
+        results[name] = y.isnan(), width.isnan()
+    for want, got in zip(results["reference"], results["triton"], strict=True):
+        assert torch.equal(got, want)
+    assert results["triton"][0][0].all() and results["triton"][0][:, 2].all()
+
+
+def test_detach_without_affine_reverses_with_constants():
+    x = torch.randn(2, 3, 8, device=DEVICE, requires_grad=True)
+    with backends.use("triton"):
+        _, reverse_fn = revin_fn.revin(x, detach=True)
+        out = reverse_fn(torch.ones(2, 3, 4, device=DEVICE))
+    assert not out.requires_grad  # as on the reference: nothing of x's graph
+
+
+def test_forced_reverse_it_cannot_take_raises_revin_error():
+    x = torch.randn(2, 3, 8, device=DEVICE, dtype=torch.float16)
+    with backends.use("triton"):
+        y, reverse_fn, stats = revin_fn.revin(x, return_statistics=True)
+        with pytest.raises(revin_fn.RevINError, match=r"^reverse_fn\(y_hat\): backend \"triton"):
+            reverse_fn(y.double())  # float64: the reference's
+        with pytest.raises(revin_fn.RevINError, match=r"^reverse\(y_hat, stats\): backend"):
+            revin_fn.reverse(y.double(), stats)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

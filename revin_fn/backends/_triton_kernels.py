@@ -42,12 +42,15 @@ def _variate(pid_o, cols, vdiv, V, VARIATE_OUTER: tl.constexpr):
 
 @triton.jit
 def _scale(var, eps, EPS_MODE: tl.constexpr):
-    """The eps rule of ``_reference.scale_from_variance``."""
+    """The eps rule of ``_reference.scale_from_variance``, NaN for a NaN variance and for a
+    scale past the float32 range (as the reference: never a finite output from it)."""
     if EPS_MODE == 0:
-        return tl.sqrt_rn(tl.maximum(var, eps))
-    if EPS_MODE == 1:
-        return tl.sqrt_rn(var + eps)
-    return tl.where(var > 0, tl.sqrt_rn(tl.where(var > 0, var, 1.0)), 0.0) + eps
+        scale = tl.sqrt_rn(tl.maximum(var, eps, propagate_nan=tl.PropagateNan.ALL))
+    elif EPS_MODE == 1:
+        scale = tl.sqrt_rn(var + eps)
+    else:
+        scale = tl.where(var > 0, tl.sqrt_rn(tl.where(var > 0, var, 1.0)), 0.0) + eps
+    return tl.where(scale == float("inf"), float("nan"), scale)
 
 
 @triton.jit
@@ -57,7 +60,8 @@ def _affine(gamma_ptr, beta_ptr, vidx, cmask, eps, HAS_GAMMA: tl.constexpr, HAS_
     b = tl.zeros(vidx.shape, tl.float32)
     if HAS_GAMMA:
         g = tl.load(gamma_ptr + vidx, mask=cmask, other=1.0).to(tl.float32)
-        g = tl.where(g < 0, tl.minimum(g, -eps), tl.maximum(g, eps))
+        low = tl.minimum(g, -eps, propagate_nan=tl.PropagateNan.ALL)
+        g = tl.where(g < 0, low, tl.maximum(g, eps, propagate_nan=tl.PropagateNan.ALL))
     if HAS_BETA:
         b = tl.load(beta_ptr + vidx, mask=cmask, other=0.0).to(tl.float32)
     return g, b

@@ -69,12 +69,17 @@ class TritonBackend(Backend):
             variate is not None and variate < time, options.eps,
             _triton_kernels.EPS_MODES[options.eps_mode], options.detach,
         )  # fmt: skip
-        single = _triton_ops.single_pass(shape[time], inner)
-        note(self.name, "fused" if single else "fused, chunked")
+        if torch.compiler.is_compiling():  # the op chooses on concrete sizes: a test of the
+            note(self.name, "fused")  # length here would be a guard (a dynamic one fails export)
+        else:
+            single = _triton_ops.single_pass(shape[time], inner)
+            note(self.name, "fused" if single else "fused, chunked")
         stat_shape = (*shape[:time], 1, *shape[time + 1 :])
         loc, var = loc.view(stat_shape), var.view(stat_shape)
-        if options.detach:
+        if options.detach:  # constants where no affine parameter enters them, as on the reference
             loc, var = loc.detach(), var.detach()
+            gain = gain if gamma is not None else gain.detach()
+            offset = offset if gamma is not None or beta is not None else offset.detach()
         frame = _reference.Frame(
             layout, loc, var, gain.view(stat_shape), offset.view(stat_shape), x.dtype
         )
