@@ -66,7 +66,7 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
                 f"variates must hold ints (or only bools), got {type(item).__name__} {item!r} "
                 f"in {variates!r}"
             )
-        index = operator.index(item)
+        index = item if isinstance(item, torch.SymInt) else operator.index(item)
         if not -size <= index < size:
             raise ValueError(f"variates={variates!r} is out of range for {size} variates")
         picked.append(index % size)
@@ -76,10 +76,14 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
 def _is_bool(item: object) -> bool:
     """Whether a ``variates=`` entry is a bool: Python's, numpy's, or a one-element bool tensor
     (the items of ``list(mask)``), never to be read as the index 0 or 1."""
+    if isinstance(item, bool):
+        return True
+    if isinstance(item, int | torch.SymInt):  # a symbolic size has no dtype to look up
+        return False
     if isinstance(item, Tensor):  # 0-d, or one element (the rows of a (V, 1) mask)
         return item.dtype == torch.bool and item.numel() == 1
     numpy_bool = getattr(getattr(item, "dtype", None), "kind", "") == "b"
-    return isinstance(item, bool) or (type(item).__module__ == "numpy" and numpy_bool)
+    return type(item).__module__ == "numpy" and numpy_bool
 
 
 def _is_int(value: object) -> bool:
@@ -87,6 +91,8 @@ def _is_int(value: object) -> bool:
     not a bool."""
     if _is_bool(value):
         return False
+    if isinstance(value, torch.SymInt):  # a symbolic size: operator.index would fix its value
+        return True
     try:
         operator.index(value)  # type: ignore[arg-type]
     except TypeError:

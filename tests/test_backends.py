@@ -758,3 +758,39 @@ def test_native_time_not_last_route_by_size_and_width() -> None:
     assert route((32, 336, 7), grad=True) == "moved rows"  # narrow
     assert route((32, 336, 16), grad=False) == "columns"
     assert route((32, 336, 16), grad=True) == "columns"
+
+
+def test_native_leaves_clamp_with_an_eps_near_the_smallest_normal_to_the_reference():
+    """With eps near float32's smallest normal, the row kernel's variance floor would be that
+    number, no longer negligible next to eps: 29% off at std 1.1e-19 (eps 1.2e-38)."""
+    x = torch.randn(4, 3, 64, dtype=torch.float64) * 1.1e-19
+    eps = torch.finfo(torch.float32).tiny
+    exact = (x - x.mean(-1, keepdim=True)) / x.var(-1, correction=0, keepdim=True).clamp(
+        min=eps
+    ).sqrt()
+    with backends.record() as routes:
+        y, _ = revin(x.float(), eps=eps)
+    assert routes == [("reference", "normalize")]
+    assert float((y.double() - exact).abs().max()) < 1e-6 * float(exact.abs().max())
+    with backends.use("native"), pytest.raises(RevINError, match=r"eps 1\.17549e-38 with eps_m"):
+        revin(x.float(), eps=eps)
+    with backends.record() as routes:  # the floor negligible: native
+        revin(x.float(), eps=1e-30)
+    assert routes[0][0] == "native"
+
+
+@pytest.mark.parametrize("pattern", ["b v t", "b t v"])
+def test_native_takes_inference_tensors_with_learned_affine(pattern):
+    """Data made under inference_mode, normalized with gamma and beta that learn: autograd
+    cannot save an inference tensor, so the route works on a copy."""
+    with torch.inference_mode():
+        x = torch.randn(4, 3, 400) * 2 + 5
+    x = x if pattern == "b v t" else x.transpose(1, 2).contiguous()  # stays an inference tensor
+    gamma, beta = torch.full((3,), 1.5, requires_grad=True), torch.zeros(3, requires_grad=True)
+    grads = []
+    for name in ("native", "reference"):
+        with backends.use(name):
+            y, reverse_fn = revin(x, gamma, beta, pattern=pattern)
+            grads.append(torch.autograd.grad((reverse_fn(y * y) ** 2).mean(), (gamma, beta)))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -286,3 +286,23 @@ def test_autocast_outputs_come_back_in_the_input_dtype() -> None:
         out = reverse_fn(model(y))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, reverse_fn(model(y)), atol=0.02 * 1e5, rtol=0)
+
+
+@pytest.mark.parametrize("form", ["list", "slice"])
+def test_variates_from_a_symbolic_size_compile_in_one_graph(form):
+    """``variates=[N - 1]`` with ``N = x.shape[-1]`` (TimeXer's "MS" head) under
+    ``dynamic=True``: N is a SymInt, which has no dtype to look up (dynamo then fixes N, but
+    not the batch size)."""
+
+    def step(x):
+        y, reverse_fn = revin(x, pattern="b t v", eps_mode="add")
+        n = x.shape[-1]
+        variates = [n - 1] if form == "list" else slice(n - 1, n)
+        return reverse_fn(y[:, :, -1:] * 2 + 1, variates=variates)
+
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True, dynamic=True)
+    for batch in (4, 9):
+        x = torch.randn(batch, 24, 7) * 3 + 10
+        torch.testing.assert_close(compiled(x), step(x))
+    assert counter.frame_count == 1

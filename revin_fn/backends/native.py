@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .._options import Options
     from .._patterns import Layout
     from .._reference import Frame
+    from . import Request
 
 # Below this many elements the reverse multiplies and adds: batch_norm's fixed cost dominates.
 SCALE_SHIFT_MIN = 1 << 19
@@ -50,6 +51,21 @@ class NativeBackend(Backend):
     causal = False
     subtract_last = False
 
+    def extra_reasons(self, request: Request) -> list[str]:
+        """With ``"clamp"`` the row kernel adds a floor far below eps (``_rows.kernel_floor``);
+        where eps is so small that the floor would be the smallest normal number, the floor is
+        no longer negligible next to eps, so such calls go to the reference."""
+        options = request.options
+        if options is None or options.eps_mode != "clamp":
+            return []
+        tiny = torch.finfo(stats_dtype(request.dtype)).tiny
+        if options.eps >= tiny * 2.0**24:
+            return []
+        return [
+            f'eps {options.eps:g} with eps_mode "clamp" (takes eps >= {tiny * 2.0**24:g} for '
+            f"{request.dtype}: its kernel's variance floor would not be negligible)"
+        ]
+
     def normalize(
         self,
         x: Tensor,
@@ -65,6 +81,8 @@ class NativeBackend(Backend):
             return _reference.normalize(x, layout, gamma, beta, observed, options)
         sdtype = stats_dtype(x.dtype)
         values = x if x.dtype == sdtype else x.to(sdtype)
+        if values.is_inference() and needs_grad(gamma, beta):  # autograd cannot save it
+            values = values.clone()
         time = layout.time
         width = math.prod(x.shape[time + 1 :])
         if time == x.ndim - 1:
