@@ -59,6 +59,7 @@ class RevIN(nn.Module):
     - with ``subtract_last=True`` the last step is detached too (the original lets the
       gradient flow through it); values are unchanged.
     - only 3-D input: the original also reduces over the middle axes of 4-D and larger input.
+
     As in the original, the affine output comes in ``promote_types(x.dtype, weight.dtype)``
     (float16 data through a float32 module gives float32), a weight inside ``(-eps, eps)``
     gets no gradient from the guard (its floor is a constant there), and without affine the
