@@ -148,6 +148,15 @@ def test_chunked(pattern, shape):
     assert routes[0] == ("triton", "fused, chunked")
 
 
+@pytest.mark.parametrize("shape", [(2, 300, 40), (2, 2100, 19)])
+def test_wide_instances_take_several_column_blocks(shape):
+    """ "b t v" wider than a program's columns (16 at 300 steps, 8 at 2100): each outer index spans
+    several programs, counted on grid axis 0 with it; one pass and chunks."""
+    x = torch.randn(shape, device=DEVICE) * 3 + 40
+    routes = _compare(x, *_affine(shape[-1]), "b t v", horizon=5)
+    assert routes[0] == ("triton", "fused" if shape[1] == 300 else "fused, chunked")
+
+
 @pytest.mark.parametrize("pattern", list(LAYOUTS))
 def test_reverse_variates_and_horizons(pattern):
     x = torch.randn((2, 5, 8) if pattern == "b v t" else (2, 8, 5), device=DEVICE) * 4 - 3

@@ -2,9 +2,10 @@
 
 Every kernel sees its tensor as ``(outer, T, inner)`` through strides: the axes before the time
 axis, the time axis, the axes after it. One program takes one outer index and a block of
-``BLOCK_I`` inner indices (1 when time is last), so each program owns whole instances and the
-reduction along time stays in registers. When an instance fits in ``BLOCK_T`` steps the data is
-read once; otherwise a loop reads it in chunks (statistics first, then the output).
+``BLOCK_I`` inner indices (1 when time is last), both counted by grid axis 0, so each
+program owns whole instances and the reduction along time stays in registers. When an instance
+fits in ``BLOCK_T`` steps the data is read once; otherwise a loop reads it in chunks
+(statistics first, then the output).
 
 Accuracy far from zero: every instance is shifted by its own first value before anything is
 summed, and chunks are combined with Chan's update (mean and sum of squared deviations per
@@ -30,6 +31,15 @@ def blocks(length: int, inner: int) -> tuple[int, int, int]:
     block_t = min(triton.next_power_of_2(length), MAX_TILE // columns)
     block_i = 1 if inner == 1 else min(triton.next_power_of_2(inner), MAX_TILE // block_t)
     return block_t, block_i, 8 if block_t * block_i >= 4096 else 4
+
+
+@triton.jit
+def _program(inner, BLOCK_I: tl.constexpr):
+    """The outer index and the inner columns of this program. Grid axis 0 counts both (outer
+    index major): axes 1 and 2 allow only 65535 programs, fewer than a wide "t b v" needs."""
+    pid = tl.program_id(0).to(tl.int64)
+    blocks = tl.cdiv(inner, BLOCK_I)
+    return pid // blocks, (pid % blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
 
 
 @triton.jit
@@ -75,8 +85,7 @@ def normalize_kernel(
     EPS_MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, SINGLE: tl.constexpr,
 ):  # fmt: skip
     """y (contiguous, x's dtype) and the float32 loc, variance, gain and offset per instance."""
-    pid_o = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    pid_o, cols = _program(inner, BLOCK_I)
     cmask = cols < inner
     steps = tl.arange(0, BLOCK_T)
     x_base = x_ptr + pid_o * sxo + cols[None, :] * sxi
@@ -166,8 +175,7 @@ def normalize_backward_kernel(
     as the forward did (shifted by the first value, then centered), never as ``x - loc``: loc
     is rounded to its own magnitude, which can be many standard deviations.
     """
-    pid_o = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    pid_o, cols = _program(inner, BLOCK_I)
     cmask = cols < inner
     steps = tl.arange(0, BLOCK_T)
     stat = pid_o * inner + cols
@@ -266,10 +274,9 @@ def scale_shift_kernel(
     y_ptr, gain_ptr, offset_ptr, out_ptr, T, inner, syo, syt, syi, sgo, sgi, soo, soi,
     BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr,
 ):  # fmt: skip
-    """``out = offset + y * gain`` (contiguous), float32 arithmetic; grid axis 2 splits time."""
-    pid_o = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
+    """``out = offset + y * gain`` (contiguous), float32 arithmetic; grid axis 1 splits time."""
+    pid_o, cols = _program(inner, BLOCK_I)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     cmask = cols < inner
     m = (t[:, None] < T) & cmask[None, :]
     gain = tl.load(gain_ptr + pid_o * sgo + cols * sgi, mask=cmask, other=0.0).to(tl.float32)
@@ -287,8 +294,7 @@ def scale_shift_backward_kernel(
     BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr,
 ):  # fmt: skip
     """``dy = gout * gain`` and the per-instance sums of ``gout * y`` and ``gout``, one pass."""
-    pid_o = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    pid_o, cols = _program(inner, BLOCK_I)
     cmask = cols < inner
     steps = tl.arange(0, BLOCK_T)
     gain = tl.load(gain_ptr + pid_o * sao + cols * sai, mask=cmask, other=0.0).to(tl.float32)

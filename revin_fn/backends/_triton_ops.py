@@ -22,10 +22,10 @@ from . import _triton_kernels as kernels
 STATS = torch.float32
 
 
-def _launch_shape(x: Tensor) -> tuple[tuple[int, int], int, int, int, bool]:
+def _launch_shape(x: Tensor) -> tuple[tuple[int], int, int, int, bool]:
     outer, length, inner = x.shape
     block_t, block_i, warps = kernels.blocks(length, inner)
-    return (outer, triton.cdiv(inner, block_i)), block_t, block_i, warps, length <= block_t
+    return (outer * triton.cdiv(inner, block_i),), block_t, block_i, warps, length <= block_t
 
 
 def single_pass(length: int, inner: int) -> bool:
@@ -216,7 +216,7 @@ def scale_shift(y: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
     dtype = torch.promote_types(torch.promote_types(y.dtype, gain.dtype), offset.dtype)
     out = torch.empty((outer, length, inner), dtype=dtype, device=y.device)
     block_t, block_i, warps = kernels.blocks(length, inner)
-    grid = (outer, triton.cdiv(inner, block_i), triton.cdiv(length, block_t))
+    grid = (outer * triton.cdiv(inner, block_i), triton.cdiv(length, block_t))
     kernels.scale_shift_kernel[grid](
         y, gain, offset, out, length, inner, *y.stride(), gain.stride(0), gain.stride(2),
         offset.stride(0), offset.stride(2), BLOCK_T=block_t, BLOCK_I=block_i, num_warps=warps,
