@@ -41,10 +41,11 @@ def adapt(
             (a DataLoader, a list of arrays): tensors, arrays or DataFrames, or tuples/lists
             whose first element is ``x``.
         pattern: layout of each batch. Default: ``"b v t"``.
-        mask: bool tensor (True = observed; only with a tensor ``data``; shaped as ``data``
-            without its variate axis, it applies to every variate, as in ``revin``) or
-            ``"nan"`` (NaN = missing, works for batches). Default: everything observed; then
-            data holding NaN (or inf) raises :class:`RevINError` instead of NaN statistics.
+        mask: bool (or 0/1) tensor or numpy array (True = observed; only with a tensor or
+            array ``data``; shaped as ``data`` without its variate axis, it applies to every
+            variate, as in ``revin``) or ``"nan"`` (NaN = missing, works for batches).
+            Default: everything observed; then data holding NaN (or inf) raises
+            :class:`RevINError` instead of NaN statistics.
         progress: print progress lines to stderr. Default: ``False``.
         distributed: merge the moments of all ranks with ``all_reduce`` so that every rank
             gets the statistics of the whole (sharded) dataset; every rank must call
@@ -66,6 +67,8 @@ def adapt(
     batches = values = 0
     try:
         data = _moments.as_data(data, pattern)
+        if type(mask).__module__ == "numpy" and hasattr(mask, "ndim"):  # as the data
+            mask = torch.as_tensor(mask)
         if isinstance(data, Tensor) and isinstance(mask, Tensor):  # checked, expanded once
             mask = _observed(mask, _check_tensor("data", data), parse(pattern, data.ndim))
         pairs, total = _moments.batches(data, mask, pattern)
@@ -113,6 +116,9 @@ def _fixed_frame(
     layout = parse(pattern, x.ndim)
     shape = list(x.shape)
     shape[layout.time] = 1
+    for field, given in (("stats.mean", mean), ("stats.variance", variance)):
+        if given.is_meta and not x.is_meta:  # moved to x's device below, but meta holds nothing
+            raise ValueError(f"{field} is on meta (no values) and x on {x.device}")
     if mean.shape != variance.shape:
         raise ValueError(
             f"stats.variance has shape {tuple(variance.shape)}, "

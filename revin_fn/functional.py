@@ -232,6 +232,10 @@ def frame_from_statistics(
     except ValueError as error:
         raise ValueError(f"stats.mean has shape {tuple(mean.shape)}: {error}") from None
     dtype = mean.dtype if dtype is None else dtype
+    if variance.device != mean.device:
+        raise ValueError(
+            f"stats.variance is on {variance.device}, expected {mean.device} like stats.mean"
+        )
     if variance.shape != mean.shape:
         raise ValueError(
             f"stats.variance has shape {tuple(variance.shape)}, "

@@ -29,8 +29,9 @@ class RevIN(nn.Module):
     """Reversible instance normalization with learnable affine parameters.
 
     ``forward`` is one call to :func:`revin_fn.revin` (the formula is in its docstring) with
-    this module's ``gamma``/``beta`` and options; it returns ``(y, reverse_fn)``, or
-    ``(y, reverse_fn, statistics)`` with ``return_statistics=True``. No statistics are kept on
+    this module's ``gamma``/``beta`` and options: ``module(x, mask=None)`` (``mask`` as in
+    ``revin``, by name or position) returns ``(y, reverse_fn)``, or ``(y, reverse_fn,
+    statistics)`` with ``return_statistics=True``. No statistics are kept on
     the module: each ``reverse_fn`` holds those of its own call, so calls can overlap and the
     module replicates safely (DataParallel, DDP).
 
@@ -125,16 +126,22 @@ class RevIN(nn.Module):
 
     @overload
     def forward(
-        self, x: Tensor, *, mask: Mask | None = ..., return_statistics: Literal[False] = ...
+        self, x: Tensor, mask: Mask | None = ..., *, return_statistics: Literal[False] = ...
     ) -> tuple[Tensor, ReverseFn]: ...
     @overload
     def forward(
-        self, x: Tensor, *, mask: Mask | None = ..., return_statistics: Literal[True]
+        self, x: Tensor, mask: Mask | None = ..., *, return_statistics: Literal[True]
     ) -> tuple[Tensor, ReverseFn, Statistics]: ...
     def forward(
-        self, x: Tensor, *, mask: Mask | None = None, return_statistics: bool = False
+        self, x: Tensor, mask: Mask | None = None, *, return_statistics: bool = False
     ) -> tuple[Tensor, ReverseFn] | tuple[Tensor, ReverseFn, Statistics]:
         call = f"RevIN(num_variates={self.num_variates!r}).forward(x)"
+        if isinstance(mask, str) and mask in ("norm", "denorm"):  # the original RevIN's mode
+            raise RevINError(
+                f"{call}: got mask={mask!r}, the original RevIN's mode: this RevIN returns "
+                "(y, reverse_fn), and reverse_fn(y_hat) denormalizes; revin_fn.compat.RevIN "
+                'keeps the original\'s layer(x, "norm") / layer(y_hat, "denorm")'
+            )
         layout = self._check_input(call, x)
         if self.non_norm:
             try:

@@ -14,7 +14,16 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.data import DataLoader, TensorDataset
 
 import revin_fn
-from revin_fn import Normalization, RevINError, RevINTypeError, Statistics, adapt, normalize
+from revin_fn import (
+    Normalization,
+    RevINError,
+    RevINTypeError,
+    Statistics,
+    adapt,
+    normalize,
+    reverse,
+    revin,
+)
 from revin_fn import _moments as moments
 
 
@@ -579,3 +588,26 @@ def test_normalization_is_built_loaded_and_run_under_fake_tensor_mode():
 def test_normalization_adapt_errors_name_the_method():
     with pytest.raises(RevINError, match=r'^Normalization.adapt\(data\): pattern "b v t" needs a'):
         Normalization(3).adapt(torch.randn(4, 3))
+
+
+def test_adapt_takes_a_numpy_mask_with_numpy_data():
+    data = np.random.default_rng(0).normal(3.0, 2.0, (4, 3, 10))
+    mask = np.ones(data.shape, dtype=bool)
+    mask[0, 0, :5] = False
+    got = adapt(data, mask=mask)
+    want = adapt(torch.from_numpy(data), mask=torch.from_numpy(mask))
+    torch.testing.assert_close(got.mean, want.mean)
+    torch.testing.assert_close(got.variance, want.variance)
+    kept = data[:, 0][mask[:, 0]]
+    assert abs(float(got.mean[0]) - kept.mean()) < 1e-12  # the masked steps are left out
+
+
+def test_fixed_statistics_on_another_device_are_named():
+    x = torch.randn(2, 3, 8)
+    meta = Statistics(torch.zeros(3, device="meta"), torch.ones(3, device="meta"), None, None)
+    with pytest.raises(RevINError, match=r"^normalize\(x, stats\): stats.mean is on meta \(no"):
+        normalize(x, meta)
+    _, _, stats = revin(x, return_statistics=True)
+    apart = Statistics(stats.mean, stats.variance.to("meta"), None, None)
+    with pytest.raises(RevINError, match=r"stats.variance is on meta, expected cpu like stats.m"):
+        reverse(x, apart)

@@ -147,6 +147,12 @@ def test_date_column_by_name_and_none(demo, tmp_path):
     assert "2 variates (load, temp; no date column)" in stdout
 
 
+def test_date_column_without_csv_is_refused(demo):
+    code, _, err = demo("--date-column", "when", *FAST)
+    assert code == 2
+    assert "--date-column when: names a column of --csv, none given" in err
+
+
 def test_a_column_named_for_dates_is_the_date_whatever_it_holds(tmp_path):
     from revin_fn.demo.tables import load_csv
 

@@ -304,3 +304,13 @@ def test_itransformer_checkpoint_without_affine_loads_and_learned_values_are_ref
     with FakeTensorMode() as mode:  # a model built for its shapes: the values are not read
         fake = {key: mode.from_tensor(value) for key, value in learned.items()}
         assert RevIN(5, affine=False).load_state_dict(fake).missing_keys == []
+
+
+def test_the_original_call_with_a_mode_says_where_that_interface_lives():
+    norm = RevIN(3)
+    for mode in ("norm", "denorm"):
+        with pytest.raises(RevINError, match=rf"got mask='{mode}', the original RevIN's mode: .*c"):
+            norm(torch.randn(2, 3, 8), mode)
+    x, observed = torch.randn(2, 3, 8), torch.rand(2, 3, 8) > 0.2
+    y, _ = norm(x, observed)  # the mask may be passed by position
+    torch.testing.assert_close(y, norm(x, mask=observed)[0])

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> None:
     # One thread: as fast as two for a 336 -> 96 linear map, and immune to a busy machine.
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    if args.date_column != AUTO and not args.csv:
+        raise DemoError(f"--date-column {args.date_column}: names a column of --csv, none given")
     date_column = None if args.date_column.lower() == "none" else args.date_column
     table = load_csv(args.csv, date_column) if args.csv else load_bundled("ETTh1")
     target = table.column(args.target)
