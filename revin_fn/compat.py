@@ -30,8 +30,9 @@ from torch import Tensor, nn
 
 from . import RevINError, _args
 from ._options import DEFAULT_EPS, Options, check_options
+from ._reference import Frame, guard_gamma
 from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
-from .functional import Statistics, revin
+from .functional import revin
 
 S4_EPS = 1e-4  # added to the population std by the S4 / ESPnet pair
 
@@ -83,6 +84,9 @@ class RevIN(nn.Module):
     """
 
     detach = True  # the original detaches the statistics
+    # the latest norm's weight (a copy: the optimizer moves the parameter), eps and
+    # subtract_last, for the kept statistics' attributes (class default: older pickles)
+    _kept: tuple[Tensor | None, float, bool] | None = None
 
     def __init__(
         self,
@@ -115,8 +119,6 @@ class RevIN(nn.Module):
             self.register_parameter("affine_weight", None)
             self.register_parameter("affine_bias", None)
         self.reverse_fn: ReverseFn | None = None
-        self.statistics: Statistics | None = None  # the latest batch's, with the eps they used
-        self._kept_eps = eps
 
     def forward(self, x: Tensor, mode: str = "norm", variates: Variates | None = None) -> Tensor:
         """``mode="norm"``: normalize ``x`` (B, T, F); ``"denorm"``: map ``x`` (B, H, F) back.
@@ -124,6 +126,10 @@ class RevIN(nn.Module):
         ``variates`` (denorm only): which features ``x`` holds, as in ``reverse_fn``.
         """
         name = type(self).__name__
+        if mode == "norm" and variates is not None:
+            raise RevINError(
+                f'{name}(x, mode="norm"): variates= is for mode="denorm" (the output\'s variates)'
+            )
         if self.non_norm and mode in ("norm", "denorm"):  # a copy, as revin_fn.RevIN's
             return _checked(f'{name}(x, mode="{mode}")', x).clone()
         if mode == "norm":
@@ -137,11 +143,9 @@ class RevIN(nn.Module):
                     f"{call}: x has {x.shape[-1]} features (shape {tuple(x.shape)}), expected "
                     f"num_features={self.num_features}"
                 )
-            if variates is not None:
-                raise RevINError(f'{call}: variates= is for mode="denorm" (the output\'s variates)')
             affine = (self.affine_weight, self.affine_bias) if self.affine else (None, None)
             try:
-                y, self.reverse_fn, self.statistics = revin(
+                y, self.reverse_fn = revin(
                     x,
                     *affine,
                     pattern="b t v",
@@ -149,11 +153,11 @@ class RevIN(nn.Module):
                     eps_mode="add",
                     detach=self.detach,
                     subtract_last=self.subtract_last,
-                    return_statistics=True,
                 )
             except RevINError as error:
                 raise _renamed(call, error) from None
-            self._kept_eps = self.eps
+            weight = None if affine[0] is None else affine[0].detach().clone()
+            self._kept = (weight, self.eps, self.subtract_last)
             if affine[0] is not None:  # the original's affine promotes: y * weight + bias
                 y = y.to(torch.promote_types(y.dtype, affine[0].dtype))
             return y
@@ -163,29 +167,33 @@ class RevIN(nn.Module):
 
     @property
     def mean(self) -> Tensor:
-        """The latest batch's mean, (B, 1, F), as the original keeps it (not with
-        ``subtract_last``, where ``last`` is kept instead)."""
-        if self.subtract_last:
-            raise RevINError(
-                f"{type(self).__name__}.mean: with subtract_last=True the module keeps the last "
-                "step (.last), not the mean, as the original does"
-            )
-        return _kept(self, "mean").mean
+        """The latest batch's mean, (B, 1, F), as the original keeps it (not after a batch
+        with ``subtract_last``, which keeps ``last`` instead)."""
+        return self._location("mean", last=False)
 
     @property
     def last(self) -> Tensor:
-        """The latest batch's last step, (B, 1, F), with ``subtract_last=True``."""
-        if not self.subtract_last:
-            raise RevINError(
-                f"{type(self).__name__}.last: the last step is kept with subtract_last=True "
-                "only; this module keeps the mean (.mean)"
-            )
-        return _kept(self, "last").mean
+        """The latest batch's last step, (B, 1, F), after a batch with ``subtract_last``."""
+        return self._location("last", last=True)
 
     @property
     def stdev(self) -> Tensor:
-        """The latest batch's ``sqrt(variance + eps)``, (B, 1, F): the scale that divided."""
-        return (_kept(self, "stdev").variance + self._kept_eps).sqrt()
+        """The latest batch's ``sqrt(variance + eps)``, (B, 1, F): the scale that divided
+        (to an ulp: its gain times the guarded weight of that batch)."""
+        frame = _frame(self, "stdev")
+        assert self._kept is not None  # set with the frame
+        weight, eps, _ = self._kept
+        return frame.gain.clone() if weight is None else frame.gain * guard_gamma(weight, eps)
+
+    def _location(self, name: str, last: bool) -> Tensor:
+        frame = _frame(self, name)
+        assert self._kept is not None  # set with the frame
+        if self._kept[2] != last:  # as the original, which sets only one of the two
+            raise AttributeError(
+                f"{type(self).__name__}.{name}: the latest batch was normalized with "
+                f"subtract_last={self._kept[2]}, which keeps .{'last' if self._kept[2] else 'mean'}"
+            )
+        return frame.loc.clone()  # a copy: writing into it does not move reverse_fn
 
     def __getstate__(self) -> dict[str, Any]:
         return _without_statistics(self)
@@ -289,7 +297,6 @@ class ReversibleInstanceNorm1dInput(nn.Module):
         self.transposed = transposed
         self.norm = nn.InstanceNorm1d(d, affine=True, track_running_stats=False)
         self.reverse_fn: ReverseFn | None = None
-        self.statistics: Statistics | None = None
 
     @property
     def pattern(self) -> str:
@@ -297,24 +304,23 @@ class ReversibleInstanceNorm1dInput(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         try:
-            y, self.reverse_fn, self.statistics = revin(
-                x, pattern=self.pattern, eps=S4_EPS, eps_mode="add_std", return_statistics=True
-            )
+            y, self.reverse_fn = revin(x, pattern=self.pattern, eps=S4_EPS, eps_mode="add_std")
         except RevINError as error:
             raise _renamed("ReversibleInstanceNorm1dInput(x)", error) from None
         return y
 
     @property
     def m(self) -> Tensor:
-        """The latest call's mean, (..., D, 1) as the original keeps it."""
-        mean = _kept(self, "m").mean
-        return mean if self.transposed else mean.transpose(-1, -2)
+        """The latest call's mean, (..., D, 1) as the original keeps it (a copy)."""
+        return self._in_original_layout(_frame(self, "m").loc)
 
     @property
     def s(self) -> Tensor:
         """The latest call's ``sqrt(variance) + 1e-4``, (..., D, 1): the scale that divided."""
-        variance = _kept(self, "s").variance
-        return (variance if self.transposed else variance.transpose(-1, -2)).sqrt() + S4_EPS
+        return self._in_original_layout(_frame(self, "s").gain)
+
+    def _in_original_layout(self, value: Tensor) -> Tensor:
+        return (value if self.transposed else value.transpose(-1, -2)).clone()
 
     def __getstate__(self) -> dict[str, Any]:
         return _without_statistics(self)
@@ -353,19 +359,20 @@ class ReversibleInstanceNorm1dOutput(nn.Module):
 def _without_statistics(module: nn.Module) -> dict[str, Any]:
     """The module's state for copies and pickles, without the latest call's statistics."""
     state: dict[str, Any] = nn.Module.__getstate__(module)  # type: ignore[no-untyped-call]
-    state["reverse_fn"] = state["statistics"] = None
+    state["reverse_fn"] = None
+    state.pop("_kept", None)
     return state
 
 
-def _kept(module: RevIN | ReversibleInstanceNorm1dInput, name: str) -> Statistics:
-    """The latest batch's statistics, for the attribute ``name``, or the error saying there
-    are none yet."""
-    statistics = module.statistics
-    if statistics is None:
-        raise RevINError(
+def _frame(module: RevIN | ReversibleInstanceNorm1dInput, name: str) -> Frame:
+    """The latest batch's statistics, for the attribute ``name``; before any batch an
+    ``AttributeError``, as the originals' (``hasattr`` is False, ``getattr`` takes a default;
+    ``nn.Module`` then reports the attribute as missing)."""
+    if module.reverse_fn is None:
+        raise AttributeError(
             f"{type(module).__name__}.{name}: no statistics yet: normalize a batch first"
         )
-    return statistics
+    return module.reverse_fn._frame
 
 
 def _denorm(

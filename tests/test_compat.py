@@ -477,17 +477,21 @@ def test_errors_name_the_compat_call_the_user_made():
 @pytest.mark.parametrize("subtract_last", [False, True])
 def test_kept_statistics_read_as_the_originals_attributes(cls, subtract_last):
     layer = cls(3, subtract_last=subtract_last)
-    with pytest.raises(RevINError, match=rf"^{cls.__name__}\.stdev: no statistics yet"):
-        _ = layer.stdev
+    assert not hasattr(layer, "stdev")  # before any batch, as the original's attributes
+    with pytest.raises(AttributeError, match="no attribute 'mean'"):  # nn.Module's message
+        _ = layer.mean
+    if layer.affine:  # stdev from the gain and the guarded weight
+        set_affine(layer)
     x = ordinary(4, 16, 3)
     layer(x, mode="norm")
     _, center, std = original_norm(x, None, None, subtract_last=subtract_last)
     torch.testing.assert_close(layer.stdev, std)
     kept, other = ("last", "mean") if subtract_last else ("mean", "last")
     torch.testing.assert_close(getattr(layer, kept), center)
-    with pytest.raises(RevINError, match=rf"^{cls.__name__}\.{other}: "):
-        getattr(layer, other)
-    assert copy.deepcopy(layer).statistics is None  # per-batch state, as reverse_fn
+    assert getattr(layer, other, None) is None  # the original sets only one of the two
+    getattr(layer, kept).add_(1.0)  # a copy: the module's reverse is unchanged
+    torch.testing.assert_close(getattr(layer, kept), center)
+    assert not hasattr(copy.deepcopy(layer), "stdev")  # per-batch state, as reverse_fn
 
 
 @pytest.mark.parametrize("transposed", [False, True])
@@ -517,8 +521,9 @@ def test_eps_affine_and_subtract_last_are_read_on_every_call():
 
 def test_norm_refuses_variates_and_kerasfactory_takes_training():
     layer = RevIN(3)
-    with pytest.raises(RevINError, match=r'^RevIN\(x, mode="norm"\): variates= is for mode="de'):
-        layer(torch.randn(4, 10, 3), mode="norm", variates=[0])
+    for layer in (RevIN(3), RevIN(3, non_norm=True)):
+        with pytest.raises(RevINError, match=r'^RevIN\(x, mode="norm"\): variates= is for mode='):
+            layer(torch.randn(4, 10, 3), mode="norm", variates=[0])
     keras = ReversibleInstanceNorm(3)
     x = ordinary(4, 16, 3)
     y = keras(x, "norm", training=True)
