@@ -16,7 +16,9 @@ class AffineDistribution(TransformedDistribution):
     """
 
     def __init__(self, base: Distribution, offset: Tensor, gain: Tensor) -> None:
-        super().__init__(base, AffineTransform(loc=offset, scale=gain))
+        # validated as the base is (a base built with validate_args=False takes NaN targets)
+        validate = getattr(base, "_validate_args", None)
+        super().__init__(base, AffineTransform(loc=offset, scale=gain), validate_args=validate)
         self.offset = offset
         self.gain = gain
 

@@ -50,7 +50,7 @@ def _affine_vector(
         )
     size = x.shape[layout.variate]
     if value.shape != (size,) and value.shape != (size, 1):
-        given = value.shape[0] if value.ndim else None
+        given = value.shape[0] if value.ndim and value.shape[1:] in ((), (1,)) else None  # (k, 1)
         hint = (
             ""
             if given is None

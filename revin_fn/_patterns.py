@@ -11,6 +11,7 @@ from einops.parsing import ParsedExpression
 
 TIME = "t"
 VARIATE = "v"
+SWAP_HINT = '; if axis "'  # how swap_hint's text starts
 
 
 class Layout(NamedTuple):
@@ -115,7 +116,7 @@ def swap_hint(
         for d, name in enumerate(names)
         if d != variate and shape[d] == size and not name.startswith("...")
     ]
-    if len(axes) != 1 or (fits is not None and not fits(axes[0])):
+    if size == 1 or len(axes) != 1 or (fits is not None and not fits(axes[0])):
         return ""
     tokens = pattern.split()
     if names[variate] not in tokens or names[axes[0]] not in tokens:
@@ -123,4 +124,4 @@ def swap_hint(
     a, b = tokens.index(names[variate]), tokens.index(names[axes[0]])
     tokens[a], tokens[b] = tokens[b], tokens[a]
     swapped = " ".join(tokens)
-    return f'; if axis "{names[axes[0]]}" holds the variates, pass pattern="{swapped}"'
+    return f'{SWAP_HINT}{names[axes[0]]}" holds the variates, pass pattern="{swapped}"'

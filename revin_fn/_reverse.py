@@ -165,14 +165,20 @@ class ReverseFn:
         return y if y.dtype == dtype else y.to(dtype)
 
     def distribution(
-        self, dist: Distribution, variates: Variates | None = None, *, pattern: str | None = None
+        self,
+        dist: Distribution,
+        variates: Variates | None = None,
+        *,
+        pattern: str | None = None,
+        stepwise: bool | None = None,
     ) -> Distribution:
         """Map a distribution predicted in normalized space to data units.
 
         Returns the law of ``x = offset + y * gain`` for ``y ~ dist`` (the same affine map as
         ``reverse_fn``), whose ``log_prob``, ``sample``, ``mean``, ``stddev``, ``variance``,
         ``cdf`` and ``icdf`` are in data units. ``dist.batch_shape`` is laid out as ``pattern``
-        (default: the input's; any time length); ``variates=`` as in ``__call__``.
+        (default: the input's; any time length); ``variates=`` and ``stepwise=`` (causal
+        statistics) as in ``__call__``. The law validates its arguments as ``dist`` does.
         """
         from ._dist import AffineDistribution
 
@@ -190,14 +196,19 @@ class ReverseFn:
                 )
             shape = dist.batch_shape
             gain, offset = _fitted(
-                self._frame, self._frame.loc, shape, variates, pattern, None, "dist.batch_shape"
+                self._frame, self._frame.loc, shape, variates, pattern, stepwise, "dist.batch_shape"
             )
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.distribution(dist)", error) from None
         return AffineDistribution(dist, offset, gain)
 
     def quantiles(
-        self, q_hat: Tensor, variates: Variates | None = None, *, pattern: str | None = None
+        self,
+        q_hat: Tensor,
+        variates: Variates | None = None,
+        *,
+        pattern: str | None = None,
+        stepwise: bool | None = None,
     ) -> Tensor:
         """Reverse quantiles stacked on a new last axis, keeping them in ascending order.
 
@@ -205,7 +216,8 @@ class ReverseFn:
         axis of levels ``tau_0 < ... < tau_{Q-1}``: ``pattern`` names every axis but that last
         one. Where the map is decreasing (``gamma < 0``) the level ``tau`` becomes
         ``1 - tau``, so the axis is reversed for those instances: position k then holds level
-        ``1 - tau_{Q-1-k}``, which equals ``tau_k`` for symmetric levels.
+        ``1 - tau_{Q-1-k}``, which equals ``tau_k`` for symmetric levels. ``variates=`` and
+        ``stepwise=`` (causal statistics) as in ``__call__``.
         """
         name = "q_hat without its quantile axis"
         try:
@@ -213,11 +225,11 @@ class ReverseFn:
             if q_hat.ndim == 0:
                 raise ValueError("q_hat needs a trailing quantile axis, got a 0-d tensor")
             shape = q_hat.shape[:-1]
-            gain, offset = _fitted(self._frame, q_hat, shape, variates, pattern, None, name)
+            gain, offset = _fitted(self._frame, q_hat, shape, variates, pattern, stepwise, name)
         except (TypeError, ValueError) as error:
             raise _error("reverse_fn.quantiles(q_hat)", error) from None
         gain, offset = gain.unsqueeze(-1), offset.unsqueeze(-1)
-        values = q_hat.to(stats_dtype(q_hat.dtype))
+        values = backends._savable(q_hat.to(stats_dtype(q_hat.dtype)), gain, offset)
         dtype = torch.promote_types(self._frame.dtype, q_hat.dtype)
         data = torch.addcmul(offset, values, gain).to(dtype)
         return torch.where(gain < 0, data.flip(-1), data)

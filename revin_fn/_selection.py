@@ -66,7 +66,7 @@ def variate_index(variates: Variates, size: int, count: int) -> Tensor | slice:
                 f"variates must hold ints (or only bools), got {type(item).__name__} {item!r} "
                 f"in {variates!r}"
             )
-        index = item if isinstance(item, torch.SymInt) else operator.index(item)
+        index = item if isinstance(item, int | torch.SymInt) else operator.index(item)
         if not -size <= index < size:
             raise ValueError(f"variates={variates!r} is out of range for {size} variates")
         picked.append(index % size)
@@ -91,8 +91,8 @@ def _is_int(value: object) -> bool:
     not a bool."""
     if _is_bool(value):
         return False
-    if isinstance(value, torch.SymInt):  # a symbolic size: operator.index would fix its value
-        return True
+    if isinstance(value, int | torch.SymInt):  # a symbolic size (traced as an int): operator.index
+        return True  # would fix its value
     try:
         operator.index(value)  # type: ignore[arg-type]
     except TypeError:
@@ -109,8 +109,13 @@ def _tensor_index(variates: Tensor, size: int, count: int) -> Tensor:
             raise ValueError(
                 f"a bool variates mask needs shape ({size},), got {tuple(variates.shape)}"
             )
-        entries = "entry" if count == 1 else "entries"
-        wrong = f"the bool variates mask must hold {count} True {entries} (one per output variate)"
+        if torch.compiler.is_compiling():  # formatting the count would fix a dynamic one
+            wrong = "the bool variates mask must hold one True entry per output variate"
+        else:
+            entries = "entry" if count == 1 else "entries"
+            wrong = (
+                f"the bool variates mask must hold {count} True {entries} (one per output variate)"
+            )
         try:  # raises here on the CPU; on an accelerator it fails the stream later
             torch._assert_async(variates.sum() == count, f"revin_fn: {wrong}")
         except RuntimeError:

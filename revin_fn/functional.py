@@ -14,7 +14,7 @@ from ._inputs import Mask as Mask
 from ._inputs import _affine_vector, _warn_if_swapped
 from ._inputs import _observed as _observed
 from ._options import DEFAULT_EPS, Options, check_options
-from ._patterns import Layout, parse
+from ._patterns import SWAP_HINT, Layout, parse
 from ._reference import Frame
 from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 
@@ -282,11 +282,13 @@ def reverse(
     try:
         return ReverseFn(frame)(y_hat, variates, shift=shift, stepwise=stepwise)
     except RevINError as error:  # the closure's checks, under this call's name
-        renamed = _renamed(call, error)
+        message = str(_renamed(call, error))
+        if SWAP_HINT in message:  # reverse_fn's output-pattern hint: here pattern= is the call's
+            message = message[: message.index(SWAP_HINT)]
         steps = frame.loc.shape[frame.layout.time]
-        if steps == 1:
-            raise renamed from None
-        raise type(renamed)(  # a time axis longer than 1: causal statistics, or another pattern
-            f'{renamed}; stats.mean has {steps} entries on the time axis "t" of pattern '
-            f'"{pattern}": unless they are causal statistics, pass the pattern of the revin call'
-        ) from None
+        if steps > 1 and "has shape" in message:  # causal statistics, or another pattern
+            message += (
+                f'; stats.mean has {steps} entries on the time axis "t" of pattern "{pattern}": '
+                "unless they are causal statistics, pass the pattern of the revin call"
+            )
+        raise type(error)(message) from None

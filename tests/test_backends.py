@@ -780,17 +780,22 @@ def test_native_leaves_clamp_with_an_eps_near_the_smallest_normal_to_the_referen
 
 
 @pytest.mark.parametrize("pattern", ["b v t", "b t v"])
-def test_native_takes_inference_tensors_with_learned_affine(pattern):
-    """Data made under inference_mode, normalized with gamma and beta that learn: autograd
-    cannot save an inference tensor, so the route works on a copy."""
+def test_inference_tensors_with_learned_affine(pattern):
+    """Data and outputs made under inference_mode, with gamma and beta that learn: autograd
+    cannot save an inference tensor, so the seam hands the backends a copy (rows and columns
+    routes; the reverse and the quantiles too)."""
+    shape = (4, 64, 400) if pattern == "b v t" else (4, 400, 64)  # columns: 2**16 elements
     with torch.inference_mode():
-        x = torch.randn(4, 3, 400) * 2 + 5
-    x = x if pattern == "b v t" else x.transpose(1, 2).contiguous()  # stays an inference tensor
-    gamma, beta = torch.full((3,), 1.5, requires_grad=True), torch.zeros(3, requires_grad=True)
+        x = torch.randn(shape) * 2 + 5
+        y_hat = torch.randn(shape)
+    gamma, beta = torch.full((64,), 1.5, requires_grad=True), torch.zeros(64, requires_grad=True)
     grads = []
     for name in ("native", "reference"):
-        with backends.use(name):
+        with backends.use(name), backends.record() as routes:
             y, reverse_fn = revin(x, gamma, beta, pattern=pattern)
-            grads.append(torch.autograd.grad((reverse_fn(y * y) ** 2).mean(), (gamma, beta)))
+            loss = (reverse_fn(y_hat) ** 2).mean() + y.square().mean()
+            loss = loss + reverse_fn.quantiles(y_hat.unsqueeze(-1)).mean()
+            grads.append(torch.autograd.grad(loss, (gamma, beta)))
+        assert routes[0][1] == ("rows" if pattern == "b v t" else "columns") or name != "native"
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -79,3 +79,30 @@ def test_quantiles_honour_variates():
     out = reverse_fn.quantiles(q_hat, variates=1)
     assert (out.diff(dim=-1) >= 0).all()
     torch.testing.assert_close(out.flip(-1)[..., 0], reverse_fn(q_hat[..., 0], variates=1))
+
+
+def test_causal_distribution_and_quantiles_take_stepwise():
+    """A forecast as long as the look-back, under causal statistics: stepwise=False applies
+    the last step's statistics to every step, as reverse_fn(..., stepwise=False) does."""
+    x = torch.randn(2, 3, 8) * 3 + 5
+    _, reverse_fn = revin(x, causal=True)
+    loc = torch.randn(2, 3, 8)
+    want = reverse_fn(loc, stepwise=False)
+    dist = reverse_fn.distribution(Normal(loc, 1.0), stepwise=False)
+    torch.testing.assert_close(dist.mean, want)
+    median = reverse_fn.quantiles(loc.unsqueeze(-1), stepwise=False)[..., 0]
+    torch.testing.assert_close(median, want)
+    assert not torch.allclose(reverse_fn.distribution(Normal(loc, 1.0)).mean, want)  # stepwise
+
+
+def test_distribution_validates_as_its_base():
+    _, reverse_fn = revin(torch.randn(2, 3, 8))
+    base = Normal(torch.zeros(2, 3, 8), 1.0, validate_args=False)
+    target = torch.randn(2, 3, 8)
+    target[0, 0, 0] = float("nan")  # a missing step
+    log_prob = reverse_fn.distribution(base).log_prob(target)
+    assert log_prob[0, 0, 0].isnan() and log_prob[1].isfinite().all()
+    with pytest.raises(ValueError):  # a validating base: the target is checked
+        reverse_fn.distribution(Normal(torch.zeros(2, 3, 8), 1.0, validate_args=True)).log_prob(
+            target
+        )

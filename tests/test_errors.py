@@ -320,6 +320,11 @@ def test_shape_errors_suggest_the_swapped_pattern():
         r"are causal statistics, pass the pattern of the revin call$",
     ):
         reverse(torch.randn(32, 24, 7), stats)
+    # reverse's pattern= is the call's: no output-pattern hint (it would not fix the call)
+    with pytest.raises(RevINError, match=r"only some variates$"):
+        reverse(torch.randn(32, 7, 24), stats, pattern="b t v")
+    with pytest.raises(RevINError, match=r'\(7, 3\), expected \(7,\) or \(7, 1\) .*"b v t"$'):
+        revin(torch.randn(2, 7, 8), torch.ones(7, 3))  # a 2-D gamma: no axis to swap
 
 
 def test_zero_dimensional_gamma_is_named_without_a_hint():

@@ -157,6 +157,16 @@ def test_wide_instances_take_several_column_blocks(shape):
     assert routes[0] == ("triton", "fused" if shape[1] == 300 else "fused, chunked")
 
 
+def test_launch_grid_fits_cuda_limits():
+    """4096 x 321 instances of 512 steps laid out "t b v": 82 176 column blocks, more than
+    grid axes 1 and 2 take (65535; the interpreter does not enforce it), so they go on axis 0."""
+    from revin_fn.backends import _triton_ops
+
+    x = torch.empty(1, 512, 4096 * 321, device="meta")
+    grid = _triton_ops._launch_shape(x)[0]
+    assert grid == (82176,) and all(n <= 65535 for n in grid[1:])
+
+
 @pytest.mark.parametrize("pattern", list(LAYOUTS))
 def test_reverse_variates_and_horizons(pattern):
     x = torch.randn((2, 5, 8) if pattern == "b v t" else (2, 8, 5), device=DEVICE) * 4 - 3

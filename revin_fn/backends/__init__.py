@@ -178,10 +178,25 @@ def normalize(
         mode(x, gamma, beta, observed),
     )  # fmt: skip
     backend = select(request)
+    x = _savable(x, gamma, beta)
     return backend.normalize(x, layout, gamma, beta, observed, options, statistics)
 
 
 def scale_shift(y: Tensor, gain: Tensor, offset: Tensor) -> Tensor:
     """``offset + y * gain`` (the reverse) by the backend :func:`select` picks for this call."""
     request = Request("reverse", y.device.type, y.dtype, None, None, False, mode(y, gain, offset))
-    return select(request).scale_shift(y, gain, offset)
+    return select(request).scale_shift(_savable(y, gain, offset), gain, offset)
+
+
+def _savable(value: Tensor, *others: Tensor | None) -> Tensor:
+    """``value``, or a copy where it is an inference tensor (made under ``inference_mode``)
+    that autograd would have to save: outside inference mode, with another input taking a
+    gradient."""
+    # is_compiling first: dynamo cannot trace is_inference (and traces no inference tensor)
+    if torch.compiler.is_compiling() or not value.is_inference():
+        return value
+    if torch.is_inference_mode_enabled():
+        return value
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in others):
+        return value
+    return value.clone()

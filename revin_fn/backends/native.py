@@ -81,8 +81,6 @@ class NativeBackend(Backend):
             return _reference.normalize(x, layout, gamma, beta, observed, options)
         sdtype = stats_dtype(x.dtype)
         values = x if x.dtype == sdtype else x.to(sdtype)
-        if values.is_inference() and needs_grad(gamma, beta):  # autograd cannot save it
-            values = values.clone()
         time = layout.time
         width = math.prod(x.shape[time + 1 :])
         if time == x.ndim - 1:
