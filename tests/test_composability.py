@@ -307,3 +307,22 @@ def test_variates_from_a_symbolic_size_compile_in_one_graph(form):
         x = torch.randn(shape) * 3 + 10
         torch.testing.assert_close(compiled(x), step(x))
     assert counter.frame_count == 1
+
+
+def test_bool_variates_mask_keeps_a_dynamic_variate_count():
+    """The mask's message is not formatted with the output's (symbolic) variate count while
+    compiling: formatting it would fix the count to one value per graph."""
+
+    def step(x, keep, y_hat):
+        _, reverse_fn = revin(x)
+        return reverse_fn(y_hat, variates=keep)
+
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True, dynamic=True)
+    x = torch.randn(4, 7, 24) * 3 + 10
+    for count in (2, 3):
+        keep = torch.zeros(7, dtype=torch.bool)
+        keep[:count] = True
+        y_hat = torch.randn(4, count, 12)
+        torch.testing.assert_close(compiled(x, keep, y_hat), step(x, keep, y_hat))
+    assert counter.frame_count == 1
