@@ -10,9 +10,9 @@ from torch.distributions import AffineTransform, Distribution, TransformedDistri
 class AffineDistribution(TransformedDistribution):
     """``offset + gain * Y`` for ``Y ~ base``, with moments as well as densities and quantiles.
 
-    ``TransformedDistribution`` leaves ``mean`` and ``variance`` undefined; for an affine map
-    they follow from the base distribution's. ``icdf`` handles ``gain < 0`` (a decreasing map)
-    by mapping level ``q`` to ``1 - q``.
+    ``TransformedDistribution`` leaves ``mean``, ``variance``, ``entropy`` and ``expand``
+    undefined; for an affine map they follow from the base distribution's. ``icdf`` handles
+    ``gain < 0`` (a decreasing map) by mapping level ``q`` to ``1 - q``.
     """
 
     def __init__(self, base: Distribution, offset: Tensor, gain: Tensor) -> None:
@@ -33,3 +33,15 @@ class AffineDistribution(TransformedDistribution):
     @property
     def stddev(self) -> Tensor:
         return self.base_dist.stddev * self.gain.abs()
+
+    def entropy(self) -> Tensor:
+        """The base's entropy plus ``log |gain|`` (the change of variables)."""
+        return self.base_dist.entropy() + self.gain.abs().log()
+
+    def expand(
+        self, batch_shape: torch.Size | list[int] | tuple[int, ...], _instance: object = None
+    ) -> AffineDistribution:
+        shape = torch.Size(batch_shape)
+        return AffineDistribution(
+            self.base_dist.expand(shape), self.offset.expand(shape), self.gain.expand(shape)
+        )

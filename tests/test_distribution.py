@@ -106,3 +106,18 @@ def test_distribution_validates_as_its_base():
         reverse_fn.distribution(Normal(torch.zeros(2, 3, 8), 1.0, validate_args=True)).log_prob(
             target
         )
+
+
+def test_distribution_entropy_and_expand():
+    x = torch.randn(2, 3, 8) * 3 + 5
+    _, reverse_fn = revin(x, torch.tensor([1.0, -2.0, 0.5]), torch.zeros(3))
+    loc = torch.randn(2, 3, 4)
+    dist = reverse_fn.distribution(Normal(loc, 0.7))
+    gain = reverse_fn(torch.ones_like(loc)) - reverse_fn(torch.zeros_like(loc))
+    want = Normal(reverse_fn(loc), 0.7 * gain.abs())  # the same law, written out
+    torch.testing.assert_close(dist.entropy(), want.entropy())
+    wide = dist.expand((5, 2, 3, 4))  # e.g. under Independent(...).expand or a mixture
+    assert wide.batch_shape == (5, 2, 3, 4)
+    torch.testing.assert_close(
+        wide.log_prob(want.mean), want.log_prob(want.mean).expand(5, -1, -1, -1)
+    )
