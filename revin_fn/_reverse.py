@@ -131,7 +131,8 @@ class ReverseFn:
         dtype = torch.promote_types(self._frame.dtype, y_hat.dtype)
         y = y_hat if y_hat.dtype == dtype else y_hat.to(dtype)
         try:
-            x = (y * gain.abs()) if not shift else _scale_shift(y, gain, offset)
+            # shift=False: a scale-like output, y * |gain|
+            x = _scale_shift(y, gain, offset) if shift else backends._savable(y, gain) * gain.abs()
         except ValueError as error:  # a forced backend that cannot take the call
             raise _error("reverse_fn(y_hat)", error) from None
         return x if x.dtype == dtype else x.to(dtype)

@@ -84,9 +84,10 @@ class RevIN(nn.Module):
     """
 
     detach = True  # the original detaches the statistics
-    # the latest norm's weight (a copy: the optimizer moves the parameter), eps and
-    # subtract_last, for the kept statistics' attributes (class default: older pickles)
-    _kept: tuple[Tensor | None, float, bool] | None = None
+    # for the kept statistics' attributes, of the latest norm: the weight (a copy: the optimizer
+    # moves the parameter) or, with statistics in the graph, the variance; eps; subtract_last
+    # (class default: older pickles)
+    _kept: tuple[Tensor | None, Tensor | None, float, bool] | None = None
 
     def __init__(
         self,
@@ -144,8 +145,11 @@ class RevIN(nn.Module):
                     f"num_features={self.num_features}"
                 )
             affine = (self.affine_weight, self.affine_bias) if self.affine else (None, None)
+            # stdev from the gain, which carries the weight's graph: times the guarded weight
+            # where the statistics are detached, else from the variance (kerasfactory's affine)
+            variance = not self.detach and affine[0] is not None
             try:
-                y, self.reverse_fn = revin(
+                result = revin(  # type: ignore[call-overload]
                     x,
                     *affine,
                     pattern="b t v",
@@ -153,11 +157,15 @@ class RevIN(nn.Module):
                     eps_mode="add",
                     detach=self.detach,
                     subtract_last=self.subtract_last,
+                    return_statistics=variance,
                 )
             except RevINError as error:
                 raise _renamed(call, error) from None
-            weight = None if affine[0] is None else affine[0].detach().clone()
-            self._kept = (weight, self.eps, self.subtract_last)
+            y: Tensor = result[0]
+            self.reverse_fn = result[1]
+            weight = None if affine[0] is None or variance else affine[0].detach().clone()
+            kept_variance = result[2].variance if variance else None
+            self._kept = (weight, kept_variance, self.eps, self.subtract_last)
             if affine[0] is not None:  # the original's affine promotes: y * weight + bias
                 y = y.to(torch.promote_types(y.dtype, affine[0].dtype))
             return y
@@ -178,21 +186,23 @@ class RevIN(nn.Module):
 
     @property
     def stdev(self) -> Tensor:
-        """The latest batch's ``sqrt(variance + eps)``, (B, 1, F): the scale that divided
-        (to an ulp: its gain times the guarded weight of that batch)."""
+        """The latest batch's ``sqrt(variance + eps)``, (B, 1, F): the scale that divided (to
+        an ulp or two where it is the gain times that batch's guarded weight), with the
+        original's gradients: none with detached statistics, only ``x``'s otherwise."""
         frame = _frame(self, "stdev")
         assert self._kept is not None  # set with the frame
-        weight, eps, _ = self._kept
-        return frame.gain.clone() if weight is None else frame.gain * guard_gamma(weight, eps)
+        weight, variance, eps, _ = self._kept
+        if variance is not None:
+            return (variance + eps).sqrt()
+        if weight is None:
+            return frame.gain.clone()
+        return frame.gain.detach() * guard_gamma(weight.to(frame.gain.dtype), eps)
 
     def _location(self, name: str, last: bool) -> Tensor:
         frame = _frame(self, name)
         assert self._kept is not None  # set with the frame
-        if self._kept[2] != last:  # as the original, which sets only one of the two
-            raise AttributeError(
-                f"{type(self).__name__}.{name}: the latest batch was normalized with "
-                f"subtract_last={self._kept[2]}, which keeps .{'last' if self._kept[2] else 'mean'}"
-            )
+        if self._kept[3] != last:  # as the original, which sets only one of the two
+            raise AttributeError(f"{type(self).__name__}.{name}")
         return frame.loc.clone()  # a copy: writing into it does not move reverse_fn
 
     def __getstate__(self) -> dict[str, Any]:
@@ -367,11 +377,9 @@ def _without_statistics(module: nn.Module) -> dict[str, Any]:
 def _frame(module: RevIN | ReversibleInstanceNorm1dInput, name: str) -> Frame:
     """The latest batch's statistics, for the attribute ``name``; before any batch an
     ``AttributeError``, as the originals' (``hasattr`` is False, ``getattr`` takes a default;
-    ``nn.Module`` then reports the attribute as missing)."""
+    ``nn.Module`` reports the attribute as missing, whatever this one says)."""
     if module.reverse_fn is None:
-        raise AttributeError(
-            f"{type(module).__name__}.{name}: no statistics yet: normalize a batch first"
-        )
+        raise AttributeError(f"{type(module).__name__}.{name}")
     return module.reverse_fn._frame
 
 

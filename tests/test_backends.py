@@ -794,8 +794,20 @@ def test_inference_tensors_with_learned_affine(pattern):
         with backends.use(name), backends.record() as routes:
             y, reverse_fn = revin(x, gamma, beta, pattern=pattern)
             loss = (reverse_fn(y_hat) ** 2).mean() + y.square().mean()
+            loss = loss + reverse_fn(y_hat, shift=False).mean()  # a scale-like output
             loss = loss + reverse_fn.quantiles(y_hat.unsqueeze(-1)).mean()
             grads.append(torch.autograd.grad(loss, (gamma, beta)))
         assert routes[0][1] == ("rows" if pattern == "b v t" else "columns") or name != "native"
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_an_inference_mask_with_learned_affine():
+    with torch.inference_mode():
+        x = torch.randn(2, 3, 16)
+        observed = torch.rand(2, 3, 16) > 0.2
+    gamma = torch.ones(3, requires_grad=True)
+    y, _ = revin(x, gamma, mask=observed)  # the reference, which saves the mask
+    (grad,) = torch.autograd.grad(y.square().sum(), gamma)
+    want = revin(x.clone(), gamma, mask=observed.clone())[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(want.square().sum(), gamma)[0])

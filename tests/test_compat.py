@@ -539,3 +539,27 @@ def test_affine_output_dtype_promotes_as_the_original():
     assert y.dtype == torch.float32  # the original's y * weight + bias with float32 weights
     assert Normalize(3)(x, mode="norm").dtype == torch.float16  # no affine: the data's
     assert layer(y, mode="denorm").dtype == torch.float32
+
+
+@pytest.mark.parametrize("cls", [RevIN, ReversibleInstanceNorm])
+def test_kept_stdev_has_the_originals_gradients(cls):
+    """stdev takes no gradient from the weight (the original's is the data's scale): detached
+    with RevIN (read after an optimizer step, it is the batch's scale still); with
+    kerasfactory's statistics in the graph, only x's."""
+    layer = cls(3, affine=True)
+    set_affine(layer)
+    with torch.no_grad():
+        layer.affine_weight[1] = 0.0  # guarded
+    x = ordinary(4, 16, 3).requires_grad_()
+    layer(x, mode="norm")
+    if cls is RevIN:
+        with torch.no_grad():
+            layer.affine_weight.add_(0.5)  # as an optimizer step would, before the read
+    _, _, std = original_norm(x, None, None, detach=cls is RevIN)
+    torch.testing.assert_close(layer.stdev, std)
+    assert layer.stdev.requires_grad == (cls is ReversibleInstanceNorm)
+    if cls is ReversibleInstanceNorm:
+        got = torch.autograd.grad(layer.stdev.sum(), (x, layer.affine_weight), allow_unused=True)
+        want = torch.autograd.grad(std.sum(), x)[0]
+        torch.testing.assert_close(got[0], want)
+        assert got[1] is None  # the weight takes none

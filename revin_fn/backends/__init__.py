@@ -179,6 +179,7 @@ def normalize(
     )  # fmt: skip
     backend = select(request)
     x = _savable(x, gamma, beta)
+    observed = None if observed is None else _savable(observed, x, gamma, beta)
     return backend.normalize(x, layout, gamma, beta, observed, options, statistics)
 
 
@@ -192,7 +193,7 @@ def _savable(value: Tensor, *others: Tensor | None) -> Tensor:
     """``value``, or a copy where it is an inference tensor (made under ``inference_mode``)
     that autograd would have to save: outside inference mode, with another input taking a
     gradient."""
-    # is_compiling first: dynamo cannot trace is_inference (and traces no inference tensor)
+    # is_compiling first: dynamo cannot trace is_inference
     if torch.compiler.is_compiling() or not value.is_inference():
         return value
     if torch.is_inference_mode_enabled():
