@@ -134,10 +134,7 @@ def fit(
         if not stepwise:
             gain, offset = gain.narrow(time, length - 1, 1), offset.narrow(time, length - 1, 1)
     stats = frame.loc.shape
-    if any(
-        axis is not None and axis != time and shape[d] != stats[axis]
-        for d, axis in enumerate(out.source)
-    ):
+    if not _fits(out.source, time, shape, stats):
         expected = ", ".join(
             "T" if axis == time else "*" if axis is None else str(stats[axis])
             for axis in out.source
@@ -156,6 +153,8 @@ def fit(
 def _fits(
     source: Sequence[int | None], time: int, shape: Sequence[int], stats: Sequence[int]
 ) -> bool:
+    """Whether an output of ``shape`` whose axes hold the input axes ``source`` matches the
+    statistics on every input axis but time (new axes broadcast)."""
     return all(
         axis is None or axis == time or shape[d] == stats[axis] for d, axis in enumerate(source)
     )

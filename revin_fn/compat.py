@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from . import RevINError, _args
 from ._options import DEFAULT_EPS, Options, check_options
-from ._reference import Frame, guard_gamma
+from ._reference import Frame, guard_gamma, scale_from_variance
 from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 from .functional import revin
 
@@ -193,7 +193,7 @@ class RevIN(nn.Module):
         assert self._kept is not None  # set with the frame
         weight, variance, eps, _ = self._kept
         if variance is not None:
-            return (variance + eps).sqrt()
+            return scale_from_variance(variance, eps, "add")
         if weight is None:
             return frame.gain.clone()
         return frame.gain.detach() * guard_gamma(weight.to(frame.gain.dtype), eps)
