@@ -167,6 +167,35 @@ def test_launch_grid_fits_cuda_limits():
     assert grid == (82176,) and all(n <= 65535 for n in grid[1:])
 
 
+def test_offsets_past_32_bits():
+    """Steps 2**30 elements apart, so that step 2's offset is 2**31: the forward, the reverse and
+    both backwards index in 64 bits (in 32 bits the offset wraps negative and the read lands
+    outside the tensor). One float16 storage of 2**31 + 32 elements holds x, y_hat and the
+    upstream gradients, each 3 steps long; its other pages are never touched."""
+    stride = 2**30
+    storage = torch.empty(2 * stride + 32, dtype=torch.float16, device=DEVICE)
+
+    def strided(start, values):
+        view = storage.as_strided((1, 1, 3), (3, 3, stride), start)
+        view.copy_(torch.tensor(values, dtype=torch.float16).view(1, 1, 3))
+        return view
+
+    x, y_hat = strided(0, [1.0, 2.0, 6.0]), strided(8, [0.5, -1.0, 2.0])
+    upstream = strided(16, [0.3, -0.7, 1.1]), strided(24, [1.0, 0.25, -2.0])
+    results = []
+    for name, views in (("triton", (x, y_hat)), ("reference", (x.clone(), y_hat.clone()))):
+        inputs = [t.requires_grad_() for t in views]
+        gamma = torch.tensor([1.5], device=DEVICE, requires_grad=True)
+        beta = torch.tensor([-0.25], device=DEVICE, requires_grad=True)
+        with backends.use(name):
+            y, reverse_fn = revin_fn.revin(inputs[0], gamma, beta)
+            x_hat = reverse_fn(inputs[1])
+        grads = torch.autograd.grad((y, x_hat), [*inputs, gamma, beta], upstream)
+        results.append([y, x_hat, *grads])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+
+
 @pytest.mark.parametrize("pattern", list(LAYOUTS))
 def test_reverse_variates_and_horizons(pattern):
     x = torch.randn((2, 5, 8) if pattern == "b v t" else (2, 8, 5), device=DEVICE) * 4 - 3

@@ -43,6 +43,13 @@ def _program(inner, BLOCK_I: tl.constexpr):
 
 
 @triton.jit
+def _steps(BLOCK_T: tl.constexpr):
+    """A block of time indices in 64 bits: a step's offset ``t * stride`` passes 2**31 in
+    instances of more than 2**31 elements, or of steps strided that far apart."""
+    return tl.arange(0, BLOCK_T).to(tl.int64)
+
+
+@triton.jit
 def _variate(pid_o, cols, vdiv, V, VARIATE_OUTER: tl.constexpr):
     """Index into the (V,) affine vectors of each instance of the block."""
     if VARIATE_OUTER:
@@ -87,7 +94,7 @@ def normalize_kernel(
     """y (contiguous, x's dtype) and the float32 loc, variance, gain and offset per instance."""
     pid_o, cols = _program(inner, BLOCK_I)
     cmask = cols < inner
-    steps = tl.arange(0, BLOCK_T)
+    steps = _steps(BLOCK_T)
     x_base = x_ptr + pid_o * sxo + cols[None, :] * sxi
     y_base = y_ptr + pid_o * T * inner + cols[None, :]
     shift = tl.load(x_ptr + pid_o * sxo + cols * sxi, mask=cmask, other=0.0).to(tl.float32)
@@ -177,7 +184,7 @@ def normalize_backward_kernel(
     """
     pid_o, cols = _program(inner, BLOCK_I)
     cmask = cols < inner
-    steps = tl.arange(0, BLOCK_T)
+    steps = _steps(BLOCK_T)
     stat = pid_o * inner + cols
     x_base = x_ptr + pid_o * sxo + cols[None, :] * sxi
     g_base = gy_ptr + pid_o * sgo + cols[None, :] * sgi
@@ -276,7 +283,7 @@ def scale_shift_kernel(
 ):  # fmt: skip
     """``out = offset + y * gain`` (contiguous), float32 arithmetic; grid axis 1 splits time."""
     pid_o, cols = _program(inner, BLOCK_I)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t = tl.program_id(1).to(tl.int64) * BLOCK_T + _steps(BLOCK_T)
     cmask = cols < inner
     m = (t[:, None] < T) & cmask[None, :]
     gain = tl.load(gain_ptr + pid_o * sgo + cols * sgi, mask=cmask, other=0.0).to(tl.float32)
@@ -296,7 +303,7 @@ def scale_shift_backward_kernel(
     """``dy = gout * gain`` and the per-instance sums of ``gout * y`` and ``gout``, one pass."""
     pid_o, cols = _program(inner, BLOCK_I)
     cmask = cols < inner
-    steps = tl.arange(0, BLOCK_T)
+    steps = _steps(BLOCK_T)
     gain = tl.load(gain_ptr + pid_o * sao + cols * sai, mask=cmask, other=0.0).to(tl.float32)
     sum_g = tl.zeros([BLOCK_I], tl.float32)
     sum_gy = tl.zeros([BLOCK_I], tl.float32)
