@@ -185,26 +185,28 @@ def _robust_moments(
     """Median, squared robust scale (IQR / 1.349, else mean absolute deviation, else 0) and
     ``x - median``.
 
-    Quantiles are taken after shifting each instance by its first observed value (detached),
-    so they stay accurate far from 0; an instance with nothing observed is read as zeros, so
-    no NaN reaches its statistics or the gradients.
+    Quantiles are taken after shifting each instance by its lower median (an observed value,
+    detached), so they stay accurate far from 0: a value of the instance's bulk, where its
+    first value may be an outlier that rounds every other value at its own size. An instance
+    with nothing observed is read as zeros, so no NaN reaches its statistics or the gradients.
     """
-    shift = _first_observed(x, observed, dim).detach()
-    shifted = x - shift
-    values = shifted
+    values = x
     if observed is not None:
         seen = observed.any(dim, keepdim=True)
         values = values.masked_fill(~observed & seen, float("nan")).masked_fill(~seen, 0)
+    shift = values.detach().nanmedian(dim, keepdim=True).values
+    values = values - shift
     levels = torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device)
     quartiles = values.nanquantile(levels, dim=dim, keepdim=True)
     lower, median, upper = (quartiles.detach() if detach else quartiles).unbind(0)
     iqr_scale = (upper - lower) / IQR_PER_STD
     mad = (values - median).abs().nanmean(dim, keepdim=True)
     scale = torch.where(iqr_scale > 0, iqr_scale, mad)
-    # loc = shift + median is rounded at the size of the shift (the first value, which can be
-    # far larger than the median): centre on the rounded loc and its exact rounding error
-    # (TwoSum), so that y is accurate far from 0 and loc + y * scale gives x back at the size
-    # of loc
+    if detach:  # the mean absolute deviation takes gradients from the values themselves
+        scale = scale.detach()
+    # loc = shift + median is rounded at the size of the shift: centre on the rounded loc and
+    # its exact rounding error (TwoSum), so that y is accurate far from 0 and loc + y * scale
+    # gives x back at the size of loc
     loc = shift + median
     back = loc - shift
     error = (shift - (loc - back)) + (median - back)
@@ -260,6 +262,14 @@ def moments(
         if options.detach:
             loc, variance = loc.detach(), variance.detach()
         centered = x - loc
+    if options.causal and options.method != "meanabs":
+        # up to the second observed step the location is the first observed value: there
+        # x - location is exactly 0, with no gradient (autograd's paths through x and through
+        # the running location cancel only to the rounding of 1 / scale, 1 / eps with
+        # "add_std"); masked steps among them are returned as given anyway
+        count = _count(observed, x, dim, causal=True)
+        assert isinstance(count, Tensor)  # per step when causal
+        centered = torch.where(count == 1, 0, centered)
     if observed is not None:
         seen = (
             observed.any(dim, keepdim=True) if not options.causal else observed.cummax(dim).values

@@ -86,3 +86,24 @@ def test_causal_accuracy_on_long_series_with_an_offset():
     var = (centered.square().cumsum(-1) / steps - mean.square()).clamp(min=0)
     expected = (centered - mean) / var.clamp(min=1e-12).sqrt()
     assert (y[..., 10:].double() - expected[..., 10:]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("eps_mode", ["clamp", "add", "add_std"])
+@pytest.mark.parametrize("method", ["std", "minmax"])
+def test_first_observed_step_takes_an_exact_gradient(method, eps_mode, masked):
+    """The first observed step is its own location, so its output is beta whatever its value;
+    its scale is the eps floor (eps itself with "add_std"), where the gradient's two paths,
+    through x and through the running location, cancelled only to the rounding of 1 / eps.
+    float32 gradients against float64 ones on the same data."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 48) * 2 + 3
+    mask = torch.rand(4, 7, 48) > 0.3 if masked else None
+    weights = torch.randn(4, 7, 48, dtype=torch.float64)
+    grads = []
+    for data in (x, x.double()):
+        data = data.clone().requires_grad_()
+        y, reverse_fn = revin(data, method=method, causal=True, eps_mode=eps_mode, mask=mask)
+        loss = (y.double() * weights).sum() + reverse_fn(y * 2).double().sum()
+        grads.append(torch.autograd.grad(loss, data)[0].double())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)

@@ -64,12 +64,15 @@ def test_gradcheck_at_variance_below_eps_and_tiny_gamma():
     assert torch.autograd.gradcheck(forward, (x, gamma, beta))
 
 
+@pytest.mark.parametrize("method", ["std", "robust", "minmax", "meanabs"])
 @pytest.mark.parametrize("eps_mode", ["clamp", "add"])
 @pytest.mark.parametrize("subtract_last", [False, True])
-def test_detach_gradient_treats_the_statistics_as_constants(eps_mode, subtract_last):
-    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+def test_detach_gradient_treats_the_statistics_as_constants(method, eps_mode, subtract_last):
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    x[0, 0] = torch.tensor([0.0] * 7 + [10.0])  # robust: IQR 0, the mean absolute deviation
+    x.requires_grad_()
     gamma = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
-    options = {"eps_mode": eps_mode, "subtract_last": subtract_last}
+    options = {"eps_mode": eps_mode, "subtract_last": subtract_last, "method": method}
     y, reverse_fn, _stats = revin(x, gamma, detach=True, return_statistics=True, **options)
     weights = torch.randn_like(y)
     grad = torch.autograd.grad((y * weights).sum(), x, retain_graph=True)[0]

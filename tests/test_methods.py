@@ -116,3 +116,23 @@ def test_robust_round_trip_when_the_first_value_dwarfs_the_median():
     x = (torch.randn((3, 4, 25), dtype=torch.float64) * 0.001).float()
     y, reverse_fn = revin(x, method="robust")
     assert_round_trip(x, y, reverse_fn)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("outlier", [1e5, 1e7])
+def test_robust_is_accurate_when_the_first_observed_value_is_an_outlier(masked, outlier):
+    """Outliers are what the robust statistics are for: one at the first (observed) step must
+    not round the other values at its size (the shift is the lower median, not the first
+    value). Against the same float32 data in float64, to the documented 1e-5."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 96)
+    start = 3 if masked else 0
+    x[:, :, start] = outlier
+    mask = torch.arange(96) >= start if masked else None
+    kwargs = {"method": "robust", "mask": None if mask is None else mask.expand(2, 3, 96)}
+    y, _, stats = revin(x, return_statistics=True, **kwargs)
+    y64, _, stats64 = revin(x.double(), return_statistics=True, **kwargs)
+    inliers = x.abs() < 10
+    assert (y.double() - y64)[inliers].abs().max() <= 1e-5
+    torch.testing.assert_close(stats.mean.double(), stats64.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(stats.variance.double(), stats64.variance, rtol=1e-5, atol=0)
