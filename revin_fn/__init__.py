@@ -12,7 +12,8 @@ class RevINError(ValueError):
 
 
 class RevINTypeError(RevINError, TypeError):
-    """An input of the wrong dtype (for example an integer tensor)."""
+    """An input of the wrong type or dtype (an integer tensor, a list for ``x``, a string
+    for ``eps``, a non-bool flag)."""
 
 
 from ._reverse import ReverseFn  # noqa: E402

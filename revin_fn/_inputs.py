@@ -123,7 +123,7 @@ def _warn_if_swapped(x: Tensor, layout: Layout) -> None:
     # is_compiling first: the size comparison would become a guard on the time length
     if not torch.compiler.is_compiling() and steps < variates:
         warnings.warn(
-            f'revin(x, gamma, beta): x of shape {tuple(x.shape)} under the default pattern "b v t" '
+            f'revin(x): x of shape {tuple(x.shape)} under the default pattern "b v t" '
             f'has {steps} step{"s" * (steps != 1)} on the time axis "t" and {variates} variates '
             'on "v": a batch laid out (batch, time, variates) needs pattern="b t v"; pass '
             "pattern= explicitly to silence this warning",

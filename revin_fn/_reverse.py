@@ -245,7 +245,10 @@ def _check_device(name: str, value: Tensor, reference: Tensor) -> None:
 
 # the call names revin_fn's own functions give their errors, replaced by a shell's (``_renamed``)
 _INNER_CALLS = (
+    "revin(x): ",
+    "revin(x, gamma): ",
     "revin(x, gamma, beta): ",
+    "revin(x, None, beta): ",
     "reverse(y_hat, stats): ",
     "reverse_fn(y_hat): ",
     "adapt(data): ",

@@ -34,6 +34,14 @@ from ._reference import Frame, guard_gamma, scale_from_variance
 from ._reverse import ReverseFn, Variates, _check_tensor, _error, _renamed
 from .functional import revin
 
+__all__ = [
+    "Normalize",
+    "RevIN",
+    "ReversibleInstanceNorm",
+    "ReversibleInstanceNorm1dInput",
+    "ReversibleInstanceNorm1dOutput",
+]
+
 S4_EPS = 1e-4  # added to the population std by the S4 / ESPnet pair
 
 
@@ -313,10 +321,22 @@ class ReversibleInstanceNorm1dInput(nn.Module):
         return "... v t" if self.transposed else "... t v"
 
     def forward(self, x: Tensor) -> Tensor:
+        call = "ReversibleInstanceNorm1dInput(x)"
+        axis, other = (-2, -1) if self.transposed else (-1, -2)
+        # the original takes any width; a wrong one is a wrong axis (other inputs: revin says)
+        if isinstance(x, Tensor) and x.ndim >= 2 and x.shape[axis] != self.d:
+            hint = "" if x.shape[other] != self.d else (
+                f"; pass transposed={not self.transposed} for "
+                + ("(B, L, D)" if self.transposed else "(B, D, L)") + " input"
+            )  # fmt: skip
+            raise RevINError(
+                f"{call}: x has {x.shape[axis]} features on axis {axis} (shape "
+                f"{tuple(x.shape)}, transposed={self.transposed}), expected d={self.d}{hint}"
+            )
         try:
             y, self.reverse_fn = revin(x, pattern=self.pattern, eps=S4_EPS, eps_mode="add_std")
         except RevINError as error:
-            raise _renamed("ReversibleInstanceNorm1dInput(x)", error) from None
+            raise _renamed(call, error) from None
         return y
 
     @property

@@ -8,6 +8,8 @@ through the core's Frame (the same object ``revin`` builds), so its ``reverse_fn
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Union
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -20,12 +22,17 @@ from ._reverse import ReverseFn, _check_tensor, _error
 from .functional import Mask, Statistics, _observed, statistics_fields
 from .functional import frame_from_statistics as _frame_from_statistics
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    DataMask = Union[Mask, np.ndarray]  # noqa: UP007  # a numpy mask, with numpy data
+
 
 def adapt(
     data: object,
     *,
     pattern: str = "b v t",
-    mask: Mask | None = None,
+    mask: DataMask | None = None,
     progress: bool = False,
     distributed: bool | None = None,
 ) -> Statistics:

@@ -186,11 +186,12 @@ def revin(
     if not isinstance(eps, float | int) and isinstance(eps, numbers.Real):
         eps = float(eps)  # numpy reals, as the modules take them
     options = Options(eps, eps_mode, detach, subtract_last, method, causal)
+    call = _call(gamma, beta)
     try:
         flag("return_statistics", return_statistics)
         layout, gamma_vec, beta_vec, observed = _prepare(x, gamma, beta, pattern, mask, options)
     except (TypeError, ValueError) as error:
-        raise _error("revin(x, gamma, beta)", error) from None
+        raise _error(call, error) from None
     if pattern is DEFAULT_PATTERN and gamma is None and beta is None:
         _warn_if_swapped(x, layout)
     try:
@@ -198,13 +199,21 @@ def revin(
             x, layout, gamma_vec, beta_vec, observed, options, return_statistics
         )
     except ValueError as error:  # a forced backend that cannot take the call
-        raise _error("revin(x, gamma, beta)", error) from None
+        raise _error(call, error) from None
     reverse_fn = ReverseFn(frame)
     if return_statistics:
         assert frame.variance is not None  # asked for with statistics=True
         # copies of their own: writing into them moves neither x nor reverse_fn
         return y, reverse_fn, Statistics(frame.loc.clone(), frame.variance.clone(), gamma, beta)
     return y, reverse_fn
+
+
+def _call(gamma: object, beta: object) -> str:
+    """The call as its errors name it: ``revin(x)``, ``revin(x, gamma)``, ``revin(x, gamma,
+    beta)`` or ``revin(x, None, beta)``."""
+    if beta is None:
+        return "revin(x)" if gamma is None else "revin(x, gamma)"
+    return "revin(x, None, beta)" if gamma is None else "revin(x, gamma, beta)"
 
 
 def statistics_fields(stats: object) -> Statistics:

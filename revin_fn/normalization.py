@@ -3,7 +3,7 @@ statistics are buffers (learned once by ``adapt`` or given, checked where they a
 
 from __future__ import annotations
 
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +13,10 @@ from ._options import DEFAULT_EPS, Options, check_options
 from ._patterns import parse
 from ._reverse import ReverseFn, _check_tensor, _error, _renamed
 from .dataset import _normalize, adapt
-from .functional import Mask, Statistics
+from .functional import Statistics
+
+if TYPE_CHECKING:
+    from .dataset import DataMask
 
 NO_STATISTICS = (
     "no statistics yet: call adapt(data), pass mean= and variance=, or load_state_dict (buffers "
@@ -183,7 +186,7 @@ class Normalization(nn.Module):
     def adapt(
         self,
         data: object,
-        mask: Mask | None = None,
+        mask: DataMask | None = None,
         progress: bool = False,
         distributed: bool | None = None,
     ) -> Normalization:
@@ -235,6 +238,9 @@ class Normalization(nn.Module):
         if not return_statistics:
             return y, reverse_fn
         return y, reverse_fn, Statistics(self.mean.clone(), self.variance.clone(), None, None)
+
+    if TYPE_CHECKING:  # calling the module is calling forward, with its types
+        __call__ = forward
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)

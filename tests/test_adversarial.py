@@ -129,7 +129,7 @@ def test_a_mask_that_does_not_fit_names_both_shapes():
     x = torch.randn(4, 20, 3)
     with pytest.raises(
         RevINError,
-        match=r"revin\(x, gamma, beta\): mask has shape \(4, 19\): a mask with one axis fewer "
+        match=r"revin\(x\): mask has shape \(4, 19\): a mask with one axis fewer "
         r"than x of shape \(4, 20, 3\) is read as x's shape without its variate axis, \(4, 20\)",
     ):
         revin(x, pattern="b t v", mask=torch.ones(4, 19))

@@ -725,7 +725,7 @@ def test_forcing_a_backend_that_cannot_take_the_call_lists_why() -> None:
     with backends.use("native"), pytest.raises(RevINError) as raised:
         revin(x, mask=x > 0, method="robust", causal=False, eps_mode="add_std")
     message = str(raised.value)
-    assert message.startswith('revin(x, gamma, beta): backend "native"')
+    assert message.startswith('revin(x): backend "native"')
     assert 'method "robust" (supports std)' in message
     assert 'eps_mode "add_std"' in message and "a mask (supports none)" in message
     bogus = r"backends.use\('bogus'\): no backend 'bogus'"

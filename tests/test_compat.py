@@ -321,6 +321,21 @@ def test_s4_output_checks_shape_and_order():
         ReversibleInstanceNorm1dInput(0)
 
 
+def test_s4_input_refuses_another_feature_count_and_names_the_layout():
+    """The original never reads ``d``, so a (B, D, L) batch without ``transposed=True`` was
+    normalized across its features; here the width is checked (and nothing is kept)."""
+    norm_in = ReversibleInstanceNorm1dInput(7)
+    with pytest.raises(RevINError, match=r"x has 5 features on axis -1 \(shape \(2, 96, 5\), "
+                       r"transposed=False\), expected d=7$"):  # fmt: skip
+        norm_in(torch.randn(2, 96, 5))
+    with pytest.raises(RevINError, match=r"expected d=7; pass transposed=True for \(B, D, L\)"):
+        norm_in(torch.randn(2, 7, 96))
+    with pytest.raises(RevINError, match=r"axis -2 .* pass transposed=False for \(B, L, D\)"):
+        ReversibleInstanceNorm1dInput(7, transposed=True)(torch.randn(2, 96, 7))
+    assert norm_in.reverse_fn is None
+    assert norm_in(torch.randn(2, 96, 7)).shape == (2, 96, 7)
+
+
 def test_s4_state_dict_keys_match_the_original():
     norm_in = ReversibleInstanceNorm1dInput(4)
     norm_out = ReversibleInstanceNorm1dOutput(norm_in)

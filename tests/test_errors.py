@@ -14,7 +14,7 @@ X = torch.randn(4, 7, 32)
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"pattern": "b v"}, r'revin\(x, gamma, beta\): pattern "b v" has no time axis "t"'),
+        ({"pattern": "b v"}, r'revin\(x\): pattern "b v" has no time axis "t"'),
         ({"pattern": "b t"}, r'pattern "b t" needs a tensor of 2 dimensions, got 3'),
         ({"pattern": "b v t c"}, r"needs a tensor of 4 dimensions, got 3"),
         ({"pattern": "... b v t c"}, r"at least 4 dimensions, got 3"),
@@ -47,7 +47,7 @@ def test_bad_options_raise_value_errors_naming_the_call(kwargs, message):
     with pytest.raises(RevINError, match=message) as info:
         revin(X, **kwargs)
     assert isinstance(info.value, ValueError)
-    assert str(info.value).startswith("revin(x, gamma, beta): ")
+    assert str(info.value).startswith("revin(x): ")
 
 
 def test_gamma_with_the_wrong_variate_count():
@@ -211,8 +211,7 @@ def test_variates_on_a_single_variate_are_checked_and_selected():
         (lambda rf, y: rf.normalize(y, stepwise=1), r"stepwise must be True, False or None"),
         (
             lambda rf, y: revin(X, return_statistics="no"),
-            r"revin\(x, gamma, beta\): "
-            r"return_statistics must be True or False",
+            r"revin\(x\): return_statistics must be True or False",
         ),
         (lambda rf, y: RevIN(7, affine="no"), r"RevIN\(num_variates=7\): affine must be True"),
         (lambda rf, y: RevIN(7, non_norm=1), r"non_norm must be True or False, got int 1"),
@@ -337,3 +336,19 @@ def test_one_step_warning_and_mask_strings_read_right():
         revin(torch.randn(3, 7, 1))
     with pytest.raises(RevINError, match=r"mask must be a tensor \(bools, or 0/1 numbers\) or"):
         revin(torch.randn(3, 7, 8), mask="none")
+
+
+@pytest.mark.parametrize(
+    "gamma, beta, call",
+    [
+        (None, None, "revin(x)"),
+        (torch.ones(5), None, "revin(x, gamma)"),
+        (None, torch.ones(5), "revin(x, None, beta)"),
+        (torch.ones(7), torch.ones(5), "revin(x, gamma, beta)"),
+    ],
+)
+def test_errors_name_the_tensors_of_the_call(gamma, beta, call):
+    """The message starts with the call as written, as far as its tensors go."""
+    with pytest.raises(RevINError) as info:
+        revin(X, gamma, beta, eps_mode="sqrt" if gamma is None and beta is None else "clamp")
+    assert str(info.value).startswith(call + ": ")

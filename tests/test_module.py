@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import threading
 import warnings
 
@@ -271,12 +272,48 @@ def test_itransformer_checkpoint_loads():
         original.beta.normal_()
     model = torch.nn.Sequential(original)
     norm = torch.nn.Sequential(RevIN(5))
+    parameters = list(norm.parameters())
     norm.load_state_dict(model.state_dict())
-    assert torch.equal(norm[0].gamma, original.gamma.view(5))
-    assert torch.equal(norm[0].beta, original.beta.view(5))
+    assert list(norm.parameters()) == parameters  # the same Parameters, in the checkpoint's shape
+    assert torch.equal(norm[0].gamma, original.gamma)
+    assert torch.equal(norm[0].beta, original.beta)
     x = torch.randn(3, 5, 20)
     y, _ = norm[0](x)
     torch.testing.assert_close(y, revin(x, original.gamma, original.beta)[0])
+    norm.load_state_dict({"0.gamma": torch.ones(5), "0.beta": torch.zeros(5)})  # and back
+    assert norm[0].gamma.shape == norm[0].beta.shape == (5,)
+
+
+def test_itransformer_training_resumes_with_its_optimizer_state():
+    """A checkpoint of model and Adam state from the (V, 1) original: the next step with RevIN
+    swapped in is the original's next step."""
+    torch.manual_seed(0)
+    x, target = torch.randn(4, 3, 16) * 2 + 1, torch.randn(4, 3, 16)
+
+    def step(norm, optimizer):
+        y, reverse_fn = norm(x) if isinstance(norm, RevIN) else revin(x, norm.gamma, norm.beta)
+        loss = (reverse_fn(y * 1.5 + 0.2) - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    original = ITransformerRevIN(3)
+    optimizer = torch.optim.Adam(original.parameters(), lr=0.1)
+    step(original, optimizer)
+    saved = io.BytesIO()
+    torch.save({"model": original.state_dict(), "optimizer": optimizer.state_dict()}, saved)
+    step(original, optimizer)
+    for build_optimizer_first in (False, True):
+        saved.seek(0)
+        checkpoint = torch.load(saved)  # the optimizer's state tensors are loaded, not copied
+        norm = RevIN(3)
+        resumed = torch.optim.Adam(norm.parameters(), lr=0.1) if build_optimizer_first else None
+        norm.load_state_dict(checkpoint["model"])
+        resumed = resumed or torch.optim.Adam(norm.parameters(), lr=0.1)
+        resumed.load_state_dict(checkpoint["optimizer"])
+        step(norm, resumed)
+        torch.testing.assert_close(norm.gamma, original.gamma)
+        torch.testing.assert_close(norm.beta, original.beta)
 
 
 def test_itransformer_checkpoint_without_affine_loads_and_learned_values_are_refused():

@@ -87,3 +87,16 @@ def test_unknown_bundled_name(name):
 
     with pytest.raises(DemoError, match=f"no bundled data set '{name}'; bundled: ETTh1, ETTh2"):
         load_bundled(name)
+
+
+def test_star_import_of_compat_gives_the_adapters_only():
+    """``from revin_fn.compat import *`` swaps in the adapters, not torch or internals."""
+    names: dict[str, object] = {}
+    exec("from revin_fn.compat import *", names)
+    assert set(names) - {"__builtins__"} == {
+        "Normalize",
+        "RevIN",
+        "ReversibleInstanceNorm",
+        "ReversibleInstanceNorm1dInput",
+        "ReversibleInstanceNorm1dOutput",
+    }
