@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 NO_STATISTICS = (
     "no statistics yet: call adapt(data), pass mean= and variance=, or load_state_dict (buffers "
-    "written in place, as an AveragedModel(use_buffers=True) copy's are, do not count)"
+    "written in place do not count: an AveragedModel(use_buffers=True) copy's, or DDP's "
+    "broadcast from rank 0 when only rank 0 adapted; call adapt on every rank)"
 )
 STATISTICS_DTYPES = (torch.float32, torch.float64)  # narrower ones overflow or round them
 OFF_META = (
@@ -47,7 +48,8 @@ class Normalization(nn.Module):
     forward before any statistics, or after loading a checkpoint whose statistics hold NaN
     (saved before ``adapt``), raises :class:`RevINError` saying which. Write the buffers
     through these three, not in place (an ``AveragedModel(use_buffers=True)`` made before
-    ``adapt`` needs its own ``adapt`` or a ``load_state_dict``); ``torch.func.functional_call``
+    ``adapt`` needs its own ``adapt`` or a ``load_state_dict``; under DDP, whose constructor
+    copies rank 0's buffers in place, every rank calls ``adapt``, which merges their data); ``torch.func.functional_call``
     works on a module that has statistics. ``.half()``, ``.bfloat16()`` and other casts to
     dtypes narrower than float32 leave the statistics' dtype as it is.
 
