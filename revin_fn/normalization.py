@@ -49,9 +49,10 @@ class Normalization(nn.Module):
     (saved before ``adapt``), raises :class:`RevINError` saying which. Write the buffers
     through these three, not in place (an ``AveragedModel(use_buffers=True)`` made before
     ``adapt`` needs its own ``adapt`` or a ``load_state_dict``; under DDP, whose constructor
-    copies rank 0's buffers in place, every rank calls ``adapt``, which merges their data); ``torch.func.functional_call``
-    works on a module that has statistics. ``.half()``, ``.bfloat16()`` and other casts to
-    dtypes narrower than float32 leave the statistics' dtype as it is.
+    copies rank 0's buffers in place, every rank calls ``adapt``, which merges their data);
+    ``torch.func.functional_call`` works on a module that has statistics. ``.half()``,
+    ``.bfloat16()`` and other casts to dtypes narrower than float32 leave the statistics'
+    dtype as it is.
 
     Args:
         num_variates: size of the ``v`` axis (a Python or numpy integer).

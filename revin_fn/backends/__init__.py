@@ -83,6 +83,20 @@ for _backend in (NativeBackend(), _triton_backend(), ReferenceBackend()):
     if _backend is not None:
         _REGISTRY[_backend.name] = _backend
 _FORCED: list[str] = []  # innermost use(...) last
+# While compiling or exporting: the one backend that declares the mode and the device type,
+# where only one does (the reference, on a device no other backend compiles for), else None.
+# Asking every backend instead would make each of its declarations a guard of the compiled
+# function, checked on every call.
+_TRACED_SOLE: dict[tuple[str, str], Backend | None] = {}
+for _mode in ("compiling", "exporting"):
+    _declared = {"cpu", "cuda"}.union(*(b.devices for b in _REGISTRY.values()))
+    for _device in sorted(_declared):
+        _takers = [  # the reference takes every call
+            b
+            for b in _REGISTRY.values()
+            if b.name == "reference" or (_mode in b.modes and _device in b.devices)
+        ]
+        _TRACED_SOLE[(_mode, _device)] = _takers[0] if len(_takers) == 1 else None
 _CHOICES: dict[tuple[Request, str | None], Backend] = {}
 
 
@@ -143,8 +157,12 @@ def select(request: Request) -> Backend:
     """The backend for ``request``: the forced one, else the first in :func:`names` that takes
     it. Raises ``ValueError`` listing the reasons when the forced backend cannot take it."""
     forced = _FORCED[-1] if _FORCED else None
-    key = (request, forced)
     caching = not torch.compiler.is_compiling()  # see _patterns.parse
+    if not caching and forced is None:
+        sole = _TRACED_SOLE.get((request.mode, request.device), _REGISTRY["reference"])
+        if sole is not None:
+            return sole
+    key = (request, forced)
     backend = _CHOICES.get(key) if caching else None
     if backend is not None:
         return backend
