@@ -262,11 +262,12 @@ def moments(
         if options.detach:
             loc, variance = loc.detach(), variance.detach()
         centered = x - loc
-    if options.causal and options.method != "meanabs":
+    if options.causal and options.method != "meanabs" and not options.detach:
         # up to the second observed step the location is the first observed value: there
         # x - location is exactly 0, with no gradient (autograd's paths through x and through
         # the running location cancel only to the rounding of 1 / scale, 1 / eps with
-        # "add_std"); masked steps among them are returned as given anyway
+        # "add_std"); masked steps among them are returned as given anyway. Detached, the
+        # location is a constant and the gradient through x alone is 1 / scale
         count = _count(observed, x, dim, causal=True)
         assert isinstance(count, Tensor)  # per step when causal
         centered = torch.where(count == 1, 0, centered)

