@@ -88,9 +88,9 @@ _FORCED: list[str] = []  # innermost use(...) last
 # Asking every backend instead would make each of its declarations a guard of the compiled
 # function, checked on every call.
 _TRACED_SOLE: dict[tuple[str, str], Backend | None] = {}
+_DECLARED = {"cpu", "cuda"}.union(*(b.devices for b in _REGISTRY.values()))
 for _mode in ("compiling", "exporting"):
-    _declared = {"cpu", "cuda"}.union(*(b.devices for b in _REGISTRY.values()))
-    for _device in sorted(_declared):
+    for _device in sorted(_DECLARED):
         _takers = [  # the reference takes every call
             b
             for b in _REGISTRY.values()
