@@ -84,17 +84,22 @@ def _collective_device(local: Moments | None) -> torch.device:
     return local.n.device if local is not None else torch.device("cpu")
 
 
-def all_reduce_moments(local: Moments | None) -> Moments:
+def all_reduce_moments(local: Moments | None, failed: bool = False) -> Moments:
     """Merge every rank's moments so that each rank holds those of all ranks' data.
 
-    A rank that saw no batch takes part with zero counts; ranks that disagree on the number of
-    variates all raise (no rank is left waiting).
+    A rank that saw no batch takes part with zero counts. Every rank raises, none is left
+    waiting in a collective, where ranks disagree on the number of variates or where some
+    rank's own pass over its data failed (``failed``: that rank then raises its own error).
     """
     device = _collective_device(local)
     size = 0 if local is None else local.n.numel()
-    sizes = torch.tensor([size, -size if size else -(2**62)], dtype=torch.int64, device=device)
+    sizes = torch.tensor(
+        [size, -size if size else -(2**62), int(failed)], dtype=torch.int64, device=device
+    )
     dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
-    largest, smallest = int(sizes[0]), -int(sizes[1])
+    largest, smallest, some_failed = int(sizes[0]), -int(sizes[1]), bool(sizes[2])
+    if some_failed:
+        raise ValueError("another rank's data failed (its own error says why); no statistics")
     if largest == 0:
         raise ValueError("no rank received a batch")
     if smallest != largest:

@@ -56,7 +56,8 @@ def adapt(
         progress: print progress lines to stderr. Default: ``False``.
         distributed: merge the moments of all ranks with ``all_reduce`` so that every rank
             gets the statistics of the whole (sharded) dataset; every rank must call
-            ``adapt``. Default: when a process group is initialized.
+            ``adapt``. An error in one rank's data raises on every rank (that rank raises its
+            own), so none is left waiting. Default: when a process group is initialized.
 
     Returns:
         ``Statistics(mean, variance, None, None)`` with float64 ``mean``/``variance`` of shape
@@ -69,35 +70,25 @@ def adapt(
         raise _error("adapt(data)", error) from None
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized()
-    running: _moments.Moments | None = None
-    has_variate = True
-    batches = values = 0
     try:
-        data = _moments.as_data(data, pattern)
-        if type(mask).__module__ == "numpy" and hasattr(mask, "ndim"):  # as the data
-            mask = torch.as_tensor(mask)
-        if isinstance(data, Tensor) and isinstance(mask, Tensor):  # checked, expanded once
-            mask = _observed(mask, _check_tensor("data", data), parse(pattern, data.ndim))
-        pairs, total = _moments.batches(data, mask, pattern)
-        report = _moments.Progress(progress, total)
-        for batch, batch_mask in pairs:
-            x, layout = _moments.layout_for(pattern, batch, batches)
-            if x.numel() == 0:  # no observation: nothing to merge (0 / 0 would be NaN)
-                batches += 1
-                continue
-            observed = _observed(batch_mask, x)  # type: ignore[arg-type]
-            part = _moments.batch_moments(x, observed, layout)
-            if running is not None and running.n.shape != part.n.shape:
-                raise ValueError(
-                    f"batch {batches} has shape {tuple(x.shape)}: {part.n.numel()} "
-                    f"variates, earlier batches had {running.n.numel()}"
-                )
-            running = part if running is None else _moments.merge_pair(running, part)
-            has_variate = layout.variate is not None
-            batches, values = batches + 1, values + x.numel()
-            report.update(batches, values)
+        report, running, has_variate, batches, values = None, None, True, 0, 0
+        failure: Exception | None = None
+        try:
+            report, running, has_variate, batches, values = _local_moments(
+                data, mask, pattern, progress
+            )
+        except Exception as error:  # the other ranks wait in the collective: join it anyway
+            if not distributed:
+                raise
+            failure = error
         if distributed:
-            running = _moments.all_reduce_moments(running)
+            try:
+                running = _moments.all_reduce_moments(running, failed=failure is not None)
+            except ValueError:
+                if failure is None:
+                    raise
+        if failure is not None:
+            raise failure
         if running is None and not batches:
             raise ValueError("data has no batches")
         if running is None or not bool((running.n > 0).any()):
@@ -105,11 +96,47 @@ def adapt(
         _moments.check_finite(running, mask)
     except (TypeError, ValueError) as error:
         raise _error("adapt(data)", error) from None
+    assert report is not None  # set where nothing raised
     report.done(batches, values)
     mean, variance = _moments.finish(running)
     if not has_variate:
         mean, variance = mean.squeeze(0), variance.squeeze(0)
     return Statistics(mean, variance, None, None)
+
+
+def _local_moments(
+    data: object, mask: object, pattern: str, progress: bool
+) -> tuple[_moments.Progress, _moments.Moments | None, bool, int, int]:
+    """This process's pass of ``adapt``: its progress report, its moments (``None`` where no
+    batch held a value), whether the pattern has a variate axis, and the batches and values
+    it read."""
+    running: _moments.Moments | None = None
+    has_variate = True
+    batches = values = 0
+    data = _moments.as_data(data, pattern)
+    if type(mask).__module__ == "numpy" and hasattr(mask, "ndim"):  # as the data
+        mask = torch.as_tensor(mask)
+    if isinstance(data, Tensor) and isinstance(mask, Tensor):  # checked, expanded once
+        mask = _observed(mask, _check_tensor("data", data), parse(pattern, data.ndim))
+    pairs, total = _moments.batches(data, mask, pattern)
+    report = _moments.Progress(progress, total)
+    for batch, batch_mask in pairs:
+        x, layout = _moments.layout_for(pattern, batch, batches)
+        if x.numel() == 0:  # no observation: nothing to merge (0 / 0 would be NaN)
+            batches += 1
+            continue
+        observed = _observed(batch_mask, x)  # type: ignore[arg-type]
+        part = _moments.batch_moments(x, observed, layout)
+        if running is not None and running.n.shape != part.n.shape:
+            raise ValueError(
+                f"batch {batches} has shape {tuple(x.shape)}: {part.n.numel()} "
+                f"variates, earlier batches had {running.n.numel()}"
+            )
+        running = part if running is None else _moments.merge_pair(running, part)
+        has_variate = layout.variate is not None
+        batches, values = batches + 1, values + x.numel()
+        report.update(batches, values)
+    return report, running, has_variate, batches, values
 
 
 def _fixed_frame(

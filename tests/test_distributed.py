@@ -1,6 +1,7 @@
 """Two CPU processes (gloo): RevIN under DDP, and adapt merging per-rank moments."""
 
 import os
+from datetime import timedelta
 
 import pytest
 import torch
@@ -52,7 +53,11 @@ def gradients(model, x, target):
 def worker(rank, out):
     torch.set_num_threads(1)
     # A file store: no store server thread in rank 0 and no port to race for.
-    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=WORLD)
+    # a collective left waiting (a rank that raised before it) times out instead of hanging
+    dist.init_process_group(
+        "gloo", init_method=f"file://{out}/store", rank=rank, world_size=WORLD,
+        timeout=timedelta(seconds=60),
+    )  # fmt: skip
     try:
         model, x, target, shards = problem()
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -64,7 +69,17 @@ def worker(rank, out):
         stats = adapt(shards[rank], mask="nan")  # a process group is up: moments all_reduced
         norm = Normalization(VARIATES, dtype=torch.float64).adapt(shards[rank], mask="nan")
         local = adapt(shards[rank], mask="nan", distributed=False)
+        # rank 1's second batch has a variate more: it raises in its own pass over the data
+        batches = [shards[rank][:3], shards[rank][3:]]
+        if rank == 1:
+            batches[1] = torch.cat([batches[1], batches[1][:, :1]], dim=1)
+        try:
+            adapt(batches, mask="nan")
+            failed = "no error"
+        except Exception as error:
+            failed = f"{type(error).__name__}: {error}"
         results = {
+            "failed": failed,
             "grads": grads,
             "adapt": {"mean": stats.mean, "variance": stats.variance},
             "buffers": norm.state_dict(),
@@ -119,3 +134,10 @@ def test_adapt_under_a_process_group_gives_whole_dataset_statistics(ranks):
         own = adapt(shards[rank], mask="nan")  # no process group here: this rank's data only
         torch.testing.assert_close(result["local"]["mean"], own.mean)
         assert not torch.allclose(result["local"]["mean"], whole.mean)
+
+
+@pytest.mark.slow
+def test_adapt_raises_on_every_rank_when_one_rank_fails(ranks):
+    # the failing rank names its own error; the other does not wait for it in all_reduce
+    assert "adapt(data): batch 1 has shape (10, 4, 20)" in ranks[1]["failed"]
+    assert ranks[0]["failed"].startswith("RevINError: adapt(data): another rank's data failed")
